@@ -1,0 +1,176 @@
+//! Command-line definitions, output formatting and exit codes.
+//!
+//! Exit codes: 0 success; 1 the input or environment is wrong (every
+//! problem is printed); 2 usage errors (from clap). A panic is a bug.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::ops::{self, EvalFailure, Target};
+use output::Printer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Reproducible host images and service stacks for Proxmox VE",
+    long_about = "kiln turns declarative TOML host definitions into bit-for-bit reproducible images, \
+                  deploys them to Proxmox VE with generations you can roll back to, and renders \
+                  service stacks into digest-pinned Docker Compose and Kubernetes bundles."
+)]
+pub struct Cli {
+    /// The kiln repo (default: the nearest ancestor of the current directory
+    /// holding `lockfile.toml` or `hosts/`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// How to print diagnostics: `human` (source snippets) or `json` (one
+    /// object per line on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    pub message_format: MessageFormat,
+
+    /// When to use colour (`auto`: on a terminal, unless NO_COLOR is set).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate every host, image, stack and module; report every error.
+    Check,
+    /// Print the evaluated spec of a target (HOST, image:NAME or stack:NAME).
+    Eval {
+        /// HOST, image:NAME or stack:NAME.
+        target: Target,
+        /// Print JSON (the documented, versioned spec shape).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every declared option: type, default, description, where declared.
+    Options {
+        /// Print JSON.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// Print the Markdown option reference (docs/src/reference/options.md).
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+/// Parse arguments, run one command, and turn its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    let mut printer = Printer::new(cli.message_format, color, cli.quiet);
+    match run(&cli, &mut printer) {
+        Ok(code) => code,
+        Err(error) => {
+            printer.fatal(&format!("{error:#}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir()?;
+    let evaluator = ops::open(cli.repo.as_deref(), &cwd)?;
+    let sources = &evaluator.repo.sources;
+    match &cli.command {
+        Command::Check => {
+            let report = ops::check(&evaluator);
+            for diagnostic in &report.diagnostics {
+                printer.diagnostic(diagnostic, sources);
+            }
+            printer.check_summary(&report, sources);
+            Ok(exit(report.ok()))
+        }
+        Command::Eval { target, json } => match ops::eval(&evaluator, target) {
+            Ok(spec) => {
+                if *json {
+                    printer.json(&spec)?;
+                } else {
+                    printer.toml(&spec)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(EvalFailure::UnknownTarget { target, hint }) => {
+                let mut message = format!(
+                    "no {} named `{}` in {}",
+                    target.kind,
+                    target.name,
+                    evaluator.repo.root.display()
+                );
+                if let Some(hint) = hint {
+                    message.push_str(&format!("; {hint}"));
+                }
+                printer.fatal(&message);
+                Ok(ExitCode::from(1))
+            }
+            Err(EvalFailure::Invalid(diagnostics)) => {
+                let diagnostics = {
+                    let mut all = crate::config::Diagnostics::default();
+                    all.extend(diagnostics);
+                    all.finish(sources)
+                };
+                for diagnostic in &diagnostics {
+                    printer.diagnostic(diagnostic, sources);
+                }
+                printer.error_count(diagnostics.len(), sources, &diagnostics);
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Options { json, markdown } => {
+            let docs = ops::options_doc::option_docs(&evaluator);
+            if *json {
+                printer.json(
+                    &serde_json::json!({ "kind": "options", "version": 1, "options": docs }),
+                )?;
+            } else if *markdown {
+                printer.stdout(&ops::options_doc::to_markdown(&docs))?;
+            } else {
+                printer.stdout(&ops::options_doc::to_text(&docs))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

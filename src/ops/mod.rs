@@ -1,0 +1,174 @@
+//! One library operation per command. Each returns data; the CLI prints it.
+
+pub mod options_doc;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::config::diagnostic::Diagnostic;
+use crate::config::{DocId, DocKind, LoadError, Repo, discover_root};
+use crate::eval::Evaluator;
+use crate::eval::spec::{HostSpec, Spec};
+use crate::suggest::did_you_mean;
+
+/// Find and read the repo: `explicit` if given, else the nearest ancestor
+/// of `cwd` holding `lockfile.toml` or `hosts/`.
+pub fn open(explicit: Option<&Path>, cwd: &Path) -> Result<Evaluator, LoadError> {
+    let root: PathBuf = match explicit {
+        Some(dir) => dir.to_path_buf(),
+        None => discover_root(cwd)?,
+    };
+    Ok(Evaluator::new(Repo::load(&root)?))
+}
+
+/// A command-line target: `HOST`, `host:NAME`, `image:NAME` or `stack:NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub kind: DocKind,
+    pub name: String,
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        let (kind, name) = match text.split_once(':') {
+            None => (DocKind::Host, text),
+            Some(("host", name)) => (DocKind::Host, name),
+            Some(("image", name)) => (DocKind::Image, name),
+            Some(("stack", name)) => (DocKind::Stack, name),
+            Some((prefix, _)) => {
+                return Err(format!(
+                    "unknown target kind `{prefix}:`; targets are HOST, image:NAME or stack:NAME"
+                ));
+            }
+        };
+        if name.is_empty() {
+            return Err(format!("`{text}` names no {kind}"));
+        }
+        Ok(Target {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Why `kiln eval` produced no spec.
+#[derive(Debug)]
+pub enum EvalFailure {
+    UnknownTarget {
+        target: Target,
+        hint: Option<String>,
+    },
+    Invalid(Vec<Diagnostic>),
+}
+
+/// Evaluate one target.
+pub fn eval(evaluator: &Evaluator, target: &Target) -> Result<Spec, EvalFailure> {
+    let Some(id) = evaluator.repo.find(target.kind, &target.name) else {
+        return Err(EvalFailure::UnknownTarget {
+            target: target.clone(),
+            hint: did_you_mean(&target.name, evaluator.repo.names(target.kind)),
+        });
+    };
+    let mut diagnostics = relevant_load_errors(evaluator, id);
+    match evaluator.evaluate(id) {
+        Ok(Some(spec)) if diagnostics.is_empty() => Ok(spec),
+        Ok(_) => Err(EvalFailure::Invalid(diagnostics)),
+        Err(found) => {
+            diagnostics.extend(found);
+            Err(EvalFailure::Invalid(diagnostics))
+        }
+    }
+}
+
+/// Reading and declaration errors that matter to one target: those in its
+/// own file or in the modules it imports (plus built-in problems).
+fn relevant_load_errors(evaluator: &Evaluator, id: DocId) -> Vec<Diagnostic> {
+    let repo = &evaluator.repo;
+    let mut sources: Vec<_> = repo
+        .imports
+        .closure(id)
+        .into_iter()
+        .map(|m| repo.document(m).source)
+        .collect();
+    sources.push(repo.document(id).source);
+    evaluator
+        .diagnostics
+        .iter()
+        .filter(|d| {
+            d.labels.iter().any(|l| {
+                sources.contains(&l.span.source)
+                    || repo.sources.path(l.span.source).starts_with("<built-in>")
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// What `kiln check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub hosts: usize,
+    pub images: usize,
+    pub stacks: usize,
+    pub modules: usize,
+    /// Sorted by file and position, without duplicates.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.diagnostics.is_empty()
+    }
+}
+
+/// Evaluate every host, image, stack and module; collect every problem.
+pub fn check(evaluator: &Evaluator) -> CheckReport {
+    let repo = &evaluator.repo;
+    let mut diagnostics = crate::config::Diagnostics::default();
+    diagnostics.extend(evaluator.diagnostics.iter().cloned());
+    let mut hosts: Vec<(HostSpec, crate::config::Span)> = Vec::new();
+    let mut sources = Vec::new();
+    for (index, document) in repo.documents.iter().enumerate() {
+        match evaluator.evaluate_detailed(DocId(index)) {
+            Ok((Some(Spec::Host(spec)), files)) => {
+                let span = document
+                    .header_table()
+                    .and_then(|t| t.get("vmid"))
+                    .map_or(document.header_span(), |e| e.value.span);
+                hosts.push((*spec, span));
+                sources.extend(files);
+            }
+            Ok((_, files)) => sources.extend(files),
+            Err(found) => diagnostics.extend(found),
+        }
+    }
+    let pairs: Vec<(&HostSpec, crate::config::Span)> =
+        hosts.iter().map(|(s, span)| (s, *span)).collect();
+    diagnostics.extend(crate::eval::duplicate_vmids(&pairs));
+    // `files.*.source` must name a file in the repo: check's one look at
+    // the disk beyond reading the kiln files.
+    for source in sources {
+        if !repo.root.join(&source.path).is_file() {
+            diagnostics.push(
+                Diagnostic::error(
+                    "missing-file",
+                    format!("no file `{}` in the repo", source.path),
+                )
+                .at(
+                    source.span,
+                    format!("`source` names {}, which does not exist", source.path),
+                )
+                .help("`source` is relative to the file that sets it"),
+            );
+        }
+    }
+    CheckReport {
+        hosts: repo.of_kind(DocKind::Host).count(),
+        images: repo.of_kind(DocKind::Image).count(),
+        stacks: repo.of_kind(DocKind::Stack).count(),
+        modules: repo.of_kind(DocKind::Module).count(),
+        diagnostics: diagnostics.finish(&repo.sources),
+    }
+}
