@@ -93,7 +93,7 @@ impl Repo {
                     _ => unreachable!("a TOML document is a table"),
                 },
                 Err(diagnostic) => {
-                    diagnostics.push(diagnostic);
+                    diagnostics.push(*diagnostic);
                     documents.push(Document {
                         kind,
                         name,

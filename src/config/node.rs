@@ -167,19 +167,25 @@ pub fn quote_key(key: &str) -> String {
 }
 
 /// Parse a TOML document into a [`Table`] of spanned nodes.
-pub fn parse_document(source: SourceId, text: &str) -> Result<Node, Diagnostic> {
+pub fn parse_document(source: SourceId, text: &str) -> Result<Node, Box<Diagnostic>> {
     let document = DeTable::parse(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
         let message = error.message().trim_end().to_owned();
-        Diagnostic::error("toml-syntax", "invalid TOML")
-            .at(Span::new(source, span), message)
-            .help("see https://toml.io/en/v1.0.0 for the syntax")
+        Box::new(
+            Diagnostic::error("toml-syntax", "invalid TOML")
+                .at(Span::new(source, span), message)
+                .help("see https://toml.io/en/v1.0.0 for the syntax"),
+        )
     })?;
     let span = Span::new(source, 0..text.len());
     convert_table(source, document.into_inner(), span)
 }
 
-fn convert_table(source: SourceId, table: DeTable<'_>, span: Span) -> Result<Node, Diagnostic> {
+fn convert_table(
+    source: SourceId,
+    table: DeTable<'_>,
+    span: Span,
+) -> Result<Node, Box<Diagnostic>> {
     let mut entries = Vec::with_capacity(table.len());
     for (key, value) in table {
         let key_span = Span::new(source, key.span());
@@ -197,32 +203,20 @@ fn convert_table(source: SourceId, table: DeTable<'_>, span: Span) -> Result<Nod
     })
 }
 
-fn convert(source: SourceId, value: Spanned<DeValue<'_>>) -> Result<Node, Diagnostic> {
+fn convert(source: SourceId, value: Spanned<DeValue<'_>>) -> Result<Node, Box<Diagnostic>> {
     let span = Span::new(source, value.span());
     let kind = match value.into_inner() {
         DeValue::String(s) => NodeKind::String(Cow::into_owned(s)),
-        DeValue::Integer(i) => {
-            let digits = i.as_str().replace('_', "");
-            let (negative, digits) = match digits.strip_prefix('-') {
-                Some(rest) => (true, rest.to_owned()),
-                None => (false, digits.trim_start_matches('+').to_owned()),
-            };
-            let digits = match i.radix() {
-                10 => digits,
-                _ => digits[2..].to_owned(),
-            };
-            let magnitude = i128::from_str_radix(&digits, i.radix()).ok();
-            let value = magnitude
-                .map(|m| if negative { -m } else { m })
-                .and_then(|v| i64::try_from(v).ok());
-            match value {
-                Some(v) => NodeKind::Integer(v),
-                None => {
-                    return Err(Diagnostic::error("toml-syntax", "integer out of range")
-                        .at(span, "does not fit in a 64-bit signed integer"));
-                }
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            // `as_str` is already in `from_str_radix` form (no prefix or `_`).
+            Ok(v) => NodeKind::Integer(v),
+            Err(_) => {
+                return Err(Box::new(
+                    Diagnostic::error("toml-syntax", "integer out of range")
+                        .at(span, "does not fit in a 64-bit signed integer"),
+                ));
             }
-        }
+        },
         DeValue::Float(f) => {
             NodeKind::Float(f.as_str().replace('_', "").parse().unwrap_or(f64::NAN))
         }
@@ -259,6 +253,27 @@ mod tests {
         let a = table.get("a").unwrap().value.as_array().unwrap();
         assert_eq!(a[1].kind, NodeKind::Integer(-3));
         assert_eq!(sources.snippet(a[0].span), "\"x\"");
+    }
+
+    #[test]
+    fn integers_in_every_radix() {
+        let mut sources = Sources::default();
+        let text =
+            "a = -1_000\nb = 0o17\nc = 0b101\nd = 9223372036854775807\ne = 9223372036854775808\n";
+        let id = sources.add("x.toml", text);
+        let error = parse_document(id, text).unwrap_err();
+        assert_eq!(
+            sources.snippet(error.primary_span().unwrap()),
+            "9223372036854775808"
+        );
+        let text = "a = -1_000\nb = 0o17\nc = 0b101\n";
+        let id = sources.add("y.toml", text);
+        let root = parse_document(id, text).unwrap();
+        let table = root.as_table().unwrap();
+        let value = |k: &str| table.get(k).unwrap().value.kind.clone();
+        assert_eq!(value("a"), NodeKind::Integer(-1000));
+        assert_eq!(value("b"), NodeKind::Integer(15));
+        assert_eq!(value("c"), NodeKind::Integer(5));
     }
 
     #[test]

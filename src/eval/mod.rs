@@ -81,7 +81,7 @@ impl Evaluator {
                         );
                     }
                 }
-                Err(diagnostic) => diagnostics.push(diagnostic),
+                Err(diagnostic) => diagnostics.push(*diagnostic),
             }
         }
         for id in repo.of_kind(DocKind::Module).collect::<Vec<_>>() {

@@ -52,7 +52,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             .ok_or_else(|| EXPECTED.to_owned())?;
         let numerator: u128 =
             fraction.parse::<u128>().map_err(|_| EXPECTED.to_owned())? * u128::from(multiplier);
-        if numerator % scale != 0 {
+        if !numerator.is_multiple_of(scale) {
             return Err(format!("`{text}` is not a whole number of bytes"));
         }
         let extra = u64::try_from(numerator / scale).map_err(|_| too_big())?;

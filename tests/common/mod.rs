@@ -1,16 +1,16 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses some of these")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The repo root (where Cargo.toml is).
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Copy a directory tree (files and directories only).
-pub fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -24,7 +24,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// Run the real `kiln` binary with colour off, in `dir`.
-pub fn kiln(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn kiln(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["--color", "never"])
         .args(args)
@@ -34,6 +34,6 @@ pub fn kiln(dir: &Path, args: &[&str]) -> Output {
         .expect("run kiln")
 }
 
-pub fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what building and testing kiln needs on a fresh Debian 12 machine.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v git >/dev/null || need_apt+=(git)
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${need_apt[*]}" >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest from crates.io"
+  cargo install --locked cargo-nextest
+fi
