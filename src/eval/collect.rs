@@ -45,7 +45,7 @@ pub struct Collector<'a> {
     pub poisoned: &'a BTreeSet<String>,
     /// The document being evaluated (named in "does not import" hints).
     pub target: &'a str,
-    pub defs: BTreeMap<String, Vec<Def<'a>>>,
+    pub defs: BTreeMap<&'a str, Vec<Def<'a>>>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -59,17 +59,19 @@ impl<'a> Collector<'a> {
         priority: Priority,
     ) {
         for entry in &table.entries {
-            let path = join(prefix, &entry.key);
+            // Built only where needed: this loop runs for every value of every module.
+            let path = || join(prefix, &entry.key);
             match group.children.get(&entry.key) {
                 Some(OptNode::Option(decl)) if self.scope.sees(decl.declared_in) => {
-                    self.defs.entry(decl.path.clone()).or_default().push(Def {
+                    self.defs.entry(decl.path.as_str()).or_default().push(Def {
                         priority,
                         node: &entry.value,
                     });
                 }
                 Some(OptNode::Group(child)) => match entry.value.as_table() {
-                    Some(inner) => self.section(inner, child, &path, priority),
+                    Some(inner) => self.section(inner, child, &path(), priority),
                     None => {
+                        let path = path();
                         let examples: Vec<String> = child
                             .children
                             .keys()
@@ -96,6 +98,7 @@ impl<'a> Collector<'a> {
                     }
                 },
                 Some(OptNode::Option(decl)) => {
+                    let path = path();
                     let DeclaredIn::Module(module) = decl.declared_in else {
                         unreachable!("built-in options are always visible")
                     };
@@ -107,6 +110,7 @@ impl<'a> Collector<'a> {
                     );
                 }
                 None => {
+                    let path = path();
                     if self
                         .poisoned
                         .iter()
@@ -130,7 +134,7 @@ impl<'a> Collector<'a> {
     pub fn single(&mut self, path: &str, node: &'a crate::config::Node, priority: Priority) {
         if let Some(OptNode::Option(decl)) = self.options.lookup(path) {
             self.defs
-                .entry(decl.path.clone())
+                .entry(decl.path.as_str())
                 .or_default()
                 .push(Def { priority, node });
         }

@@ -100,20 +100,76 @@ enum Step {
 
 struct Resolver<'a> {
     root: &'a Value,
-    memo: HashMap<Vec<String>, Option<String>>,
-    stack: Vec<(Vec<String>, Span)>,
+    /// Resolved templates, by the address of their value in `root` (which
+    /// is not modified while resolving): cheaper than keying by path.
+    memo: HashMap<*const Value, Option<String>>,
+    /// Templates being resolved: their value, display name and origin.
+    stack: Vec<(*const Value, String, Span)>,
     diagnostics: &'a mut Vec<Diagnostic>,
 }
 
-impl Resolver<'_> {
-    fn template(&mut self, raw: &str, origin: Span, at: &str) -> Option<String> {
+impl<'a> Resolver<'a> {
+    /// Resolve the template `value` (named `name` in messages), once.
+    fn resolve(
+        &mut self,
+        value: &Value,
+        name: impl FnOnce() -> String,
+        from: Option<Span>,
+    ) -> Option<String> {
+        let key = value as *const Value;
+        if let Some(done) = self.memo.get(&key) {
+            return done.clone();
+        }
+        let ValueKind::Template { raw, .. } = &value.kind else {
+            return None;
+        };
+        if let Some(start) = self.stack.iter().position(|(k, _, _)| *k == key) {
+            self.report_cycle(start, from.unwrap_or(value.origin));
+            return None;
+        }
+        self.stack.push((key, name(), value.origin));
+        let resolved = self.template(raw, value.origin);
+        self.stack.pop();
+        self.memo.insert(key, resolved.clone());
+        resolved
+    }
+
+    fn report_cycle(&mut self, start: usize, closing: Span) {
+        let chain = &self.stack[start..];
+        let mut names: Vec<String> = chain.iter().map(|(_, n, _)| format!("`{n}`")).collect();
+        names.push(format!("`{}`", chain[0].1));
+        let last = &chain[chain.len() - 1].1;
+        let mut diagnostic = Diagnostic::error(
+            "interpolation-cycle",
+            format!("interpolation cycle: {}", names.join(" → ")),
+        )
+        .at(
+            closing,
+            format!("`{last}` refers to `{}`, closing the cycle", chain[0].1),
+        );
+        for (i, (_, name, span)) in chain.iter().enumerate().take(chain.len() - 1) {
+            diagnostic = diagnostic.also(*span, format!("`{name}` refers to `{}`", chain[i + 1].1));
+        }
+        self.diagnostics
+            .push(diagnostic.help("break the loop: at least one of these must be a plain value"));
+    }
+
+    /// The name of the template being resolved, for messages.
+    fn current(&self) -> String {
+        self.stack
+            .last()
+            .map(|(_, n, _)| n.clone())
+            .unwrap_or_default()
+    }
+
+    fn template(&mut self, raw: &str, origin: Span) -> Option<String> {
         let parts = match parse(raw) {
             Ok(parts) => parts,
             Err(message) => {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "bad-interpolation",
-                        format!("invalid interpolation in `{at}`"),
+                        format!("invalid interpolation in `{}`", self.current()),
                     )
                     .at(origin, message)
                     .help("write `${option.path}`, or `$${` for a literal `${`"),
@@ -121,12 +177,12 @@ impl Resolver<'_> {
                 return None;
             }
         };
-        let mut out = String::new();
+        let mut out = String::with_capacity(raw.len());
         let mut ok = true;
         for part in parts {
             match part {
                 Part::Text(text) => out.push_str(&text),
-                Part::Reference(path) => match self.reference(&path, origin, at) {
+                Part::Reference(path) => match self.reference(&path, origin) {
                     Some(text) => out.push_str(&text),
                     None => ok = false,
                 },
@@ -135,54 +191,26 @@ impl Resolver<'_> {
         ok.then_some(out)
     }
 
-    fn reference(&mut self, path: &[String], from: Span, at: &str) -> Option<String> {
-        if let Some(done) = self.memo.get(path) {
-            return done.clone();
-        }
-        let shown = display_path(path);
-        if let Some(start) = self.stack.iter().position(|(p, _)| p == path) {
-            let chain: Vec<(Vec<String>, Span)> = self.stack[start..].to_vec();
-            let mut names: Vec<String> = chain
-                .iter()
-                .map(|(p, _)| format!("`{}`", display_path(p)))
-                .collect();
-            names.push(format!("`{shown}`"));
-            let mut diagnostic = Diagnostic::error(
-                "interpolation-cycle",
-                format!("interpolation cycle: {}", names.join(" → ")),
-            )
-            .at(
-                from,
-                format!("`{at}` refers to `{shown}`, closing the cycle"),
-            );
-            for (i, (p, span)) in chain.iter().enumerate().take(chain.len() - 1) {
-                diagnostic = diagnostic.also(
-                    *span,
-                    format!(
-                        "`{}` refers to `{}`",
-                        display_path(p),
-                        display_path(&chain[i + 1].0)
-                    ),
-                );
-            }
-            self.diagnostics.push(
-                diagnostic.help("break the loop: at least one of these must be a plain value"),
-            );
-            return None;
-        }
-        let Some(target) = self.root.get_path(path) else {
+    fn reference(&mut self, path: &[String], from: Span) -> Option<String> {
+        let root: &'a Value = self.root;
+        let Some(target) = root.get_path(path) else {
+            let shown = display_path(path);
             let candidates = leaf_paths(self.root);
             self.diagnostics.push(
                 Diagnostic::error(
                     "bad-interpolation",
                     format!("`${{{shown}}}` refers to an unknown option"),
                 )
-                .at(from, format!("in `{at}`: there is no option `{shown}`"))
+                .at(
+                    from,
+                    format!("in `{}`: there is no option `{shown}`", self.current()),
+                )
                 .help_opt(did_you_mean(&shown, candidates.iter().map(String::as_str))),
             );
             return None;
         };
-        let problem = |what: &str| {
+        let problem = |at: String, what: &str| {
+            let shown = display_path(path);
             Diagnostic::error(
                 "bad-interpolation",
                 format!("`${{{shown}}}` cannot be interpolated"),
@@ -190,58 +218,61 @@ impl Resolver<'_> {
             .at(from, format!("in `{at}`: `{shown}` {what}"))
             .also(target.origin, "defined here")
         };
-        let result = match &target.kind {
+        match &target.kind {
             ValueKind::Str(s) => Some(s.clone()),
             ValueKind::Int(i) => Some(i.to_string()),
             ValueKind::Bool(b) => Some(b.to_string()),
             // Already reported where it was defined.
             ValueKind::Invalid => None,
             ValueKind::Null => {
+                let shown = display_path(path);
                 self.diagnostics.push(
                     Diagnostic::error("bad-interpolation", format!("`${{{shown}}}` has no value"))
                         .at(
                             from,
-                            format!("in `{at}`: `{shown}` is not set and has no default"),
+                            format!(
+                                "in `{}`: `{shown}` is not set and has no default",
+                                self.current()
+                            ),
                         )
                         .help(format!("set `{shown}`, or stop referring to it")),
                 );
                 None
             }
             ValueKind::Secret(_) => {
-                self.diagnostics.push(problem("is a secret reference").help(
+                let diagnostic = problem(self.current(), "is a secret reference").help(
                     "secrets are resolved only at deploy time and never copied into other values",
-                ));
+                );
+                self.diagnostics.push(diagnostic);
                 None
             }
             ValueKind::List(_) => {
-                self.diagnostics.push(problem(
+                let diagnostic = problem(
+                    self.current(),
                     "is a list; only strings, numbers and booleans can be interpolated",
-                ));
+                );
+                self.diagnostics.push(diagnostic);
                 None
             }
             ValueKind::Map(_) => {
-                self.diagnostics.push(problem(
+                let diagnostic = problem(
+                    self.current(),
                     "is a table; only strings, numbers and booleans can be interpolated",
-                ));
+                );
+                self.diagnostics.push(diagnostic);
                 None
             }
-            ValueKind::Template { raw, ty } => {
-                self.stack.push((path.to_vec(), target.origin));
-                let resolved = self.template(raw, target.origin, &shown);
-                self.stack.pop();
-                // Report the referenced option's own type error once, at its definition.
-                resolved.and_then(|text| match from_string(ty, &text) {
-                    Ok(ValueKind::Secret(_)) | Err(_) => None,
-                    Ok(kind) => match kind {
-                        ValueKind::Str(s) => Some(s),
-                        ValueKind::Int(i) => Some(i.to_string()),
-                        _ => Some(text),
-                    },
-                })
+            ValueKind::Template { ty, .. } => {
+                let text = self.resolve(target, || display_path(path), Some(from))?;
+                // The referenced value must itself be valid for its type; if
+                // not, that is reported once, where it is defined.
+                match from_string(ty, &text) {
+                    Ok(ValueKind::Str(s)) => Some(s),
+                    Ok(ValueKind::Int(i)) => Some(i.to_string()),
+                    _ => None,
+                }
             }
-        };
-        self.memo.insert(path.to_vec(), result.clone());
-        result
+        }
     }
 }
 
@@ -266,7 +297,7 @@ fn leaf_paths(root: &Value) -> Vec<String> {
 }
 
 /// Every template in the tree, with its position.
-fn templates(value: &Value, at: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, String, Span)>) {
+fn templates<'v>(value: &'v Value, at: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, &'v Value)>) {
     match &value.kind {
         ValueKind::Map(map) => {
             for (key, child) in map {
@@ -282,7 +313,7 @@ fn templates(value: &Value, at: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, String
                 at.pop();
             }
         }
-        ValueKind::Template { raw, .. } => out.push((at.clone(), raw.clone(), value.origin)),
+        ValueKind::Template { .. } => out.push((at.clone(), value)),
         _ => {}
     }
 }
@@ -317,52 +348,34 @@ fn get_mut<'v>(root: &'v mut Value, steps: &[Step]) -> Option<&'v mut Value> {
 
 /// Replace every template in `root` by its interpolated, validated value.
 pub fn interpolate(root: &mut Value, diagnostics: &mut Vec<Diagnostic>) {
-    let mut found = Vec::new();
-    templates(root, &mut Vec::new(), &mut found);
-    if found.is_empty() {
-        return;
-    }
-    let mut results = Vec::with_capacity(found.len());
-    {
+    let results: Vec<(Vec<Step>, Option<String>)> = {
+        let shared: &Value = root;
+        let mut found = Vec::new();
+        templates(shared, &mut Vec::new(), &mut found);
+        if found.is_empty() {
+            return;
+        }
         let mut resolver = Resolver {
-            root,
+            root: shared,
             memo: HashMap::new(),
             stack: Vec::new(),
-            diagnostics,
+            diagnostics: &mut *diagnostics,
         };
-        for (steps, raw, origin) in &found {
-            let shown = step_path(steps);
-            // A template reachable by key path may already be resolved (and
-            // cycle-checked) through a reference to it.
-            let key_path: Option<Vec<String>> = steps
-                .iter()
-                .map(|s| match s {
-                    Step::Key(k) => Some(k.clone()),
-                    Step::Index(_) => None,
-                })
-                .collect();
-            let resolved = match key_path {
-                Some(path) => {
-                    if let Some(done) = resolver.memo.get(&path) {
-                        done.clone()
-                    } else {
-                        resolver.stack.push((path.clone(), *origin));
-                        let r = resolver.template(raw, *origin, &shown);
-                        resolver.stack.pop();
-                        resolver.memo.insert(path, r.clone());
-                        r
-                    }
-                }
-                None => resolver.template(raw, *origin, &shown),
-            };
-            results.push(resolved);
-        }
-    }
-    for ((steps, _, origin), resolved) in found.into_iter().zip(results) {
-        let shown = step_path(&steps);
+        found
+            .into_iter()
+            .map(|(steps, value)| {
+                // A template already resolved through a reference to it is
+                // not resolved (or reported) again.
+                let resolved = resolver.resolve(value, || step_path(&steps), None);
+                (steps, resolved)
+            })
+            .collect()
+    };
+    for (steps, resolved) in results {
         let Some(value) = get_mut(root, &steps) else {
             continue;
         };
+        let origin = value.origin;
         let ValueKind::Template { ty, raw } = &value.kind else {
             continue;
         };
@@ -373,10 +386,12 @@ pub fn interpolate(root: &mut Value, diagnostics: &mut Vec<Diagnostic>) {
             Some(text) => match from_string(ty, &text) {
                 Ok(kind) => kind,
                 Err(problem) => {
-                    diagnostics.push(problem.into_diagnostic(&shown, origin).note(format!(
-                        "after interpolation the value is {}",
-                        crate::config::node::quote(&text)
-                    )));
+                    diagnostics.push(problem.into_diagnostic(&step_path(&steps), origin).note(
+                        format!(
+                            "after interpolation the value is {}",
+                            crate::config::node::quote(&text)
+                        ),
+                    ));
                     ValueKind::Str(raw.clone())
                 }
             },

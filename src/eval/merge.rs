@@ -8,8 +8,8 @@
 //! scalars are a conflict reported with both locations.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use super::options::join;
 use super::scalar::{
     SecretError, check_secret_reference, looks_like_private_key, normalise_path, parse_duration,
     parse_size,
@@ -31,7 +31,7 @@ pub struct Def<'a> {
 pub fn check_value(
     ty: &OptionType,
     node: &Node,
-    path: &str,
+    path: &OptionPath<'_>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Value> {
     merge(
@@ -51,7 +51,7 @@ pub fn check_value(
 /// remains.
 pub fn merge(
     ty: &OptionType,
-    path: &str,
+    path: &OptionPath<'_>,
     defs: &[Def<'_>],
     origin: Span,
     diagnostics: &mut Vec<Diagnostic>,
@@ -71,7 +71,7 @@ pub fn merge(
                     continue;
                 };
                 for (index, node) in array.iter().enumerate() {
-                    let item_path = format!("{path}[{index}]");
+                    let item_path = OptionPath::Index(path, index);
                     let item = merge(
                         inner,
                         &item_path,
@@ -97,7 +97,7 @@ pub fn merge(
             for (key, key_defs) in per_key {
                 if let Some(value) = merge(
                     inner,
-                    &child_path(path, key),
+                    &OptionPath::Key(path, key),
                     &key_defs,
                     top_origin,
                     diagnostics,
@@ -144,7 +144,7 @@ pub fn merge(
                 if let Some(defined) = per_field.get(name.as_str()) {
                     field_defs.extend(defined.iter().copied());
                 }
-                let field_path = join(path, name);
+                let field_path = OptionPath::Key(path, name);
                 let value = if field_defs.is_empty() {
                     if field.required {
                         diagnostics.push(
@@ -193,9 +193,26 @@ pub fn merge(
     }
 }
 
-/// `path.key`, quoting a key that is not a bare TOML key (`files."/etc/motd"`).
-pub fn child_path(path: &str, key: &str) -> String {
-    join(path, &crate::config::node::quote_key(key))
+/// Where a value sits (`files."/etc/motd".mode`, `packages[2]`), for
+/// messages. Built on the stack as merging descends and rendered only when
+/// a diagnostic needs it, so the common, error-free path allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub enum OptionPath<'a> {
+    Root(&'a str),
+    Key(&'a OptionPath<'a>, &'a str),
+    Index(&'a OptionPath<'a>, usize),
+}
+
+impl fmt::Display for OptionPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionPath::Root(root) => f.write_str(root),
+            OptionPath::Key(parent, key) => {
+                write!(f, "{parent}.{}", crate::config::node::quote_key(key))
+            }
+            OptionPath::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
 }
 
 /// The value of an option nobody set and that has no default.
@@ -212,7 +229,7 @@ pub fn empty_value(ty: &OptionType, origin: Span) -> Value {
 /// definition's priority.
 fn split_tables<'a>(
     ty: &OptionType,
-    path: &str,
+    path: &OptionPath<'_>,
     defs: &[Def<'a>],
     diagnostics: &mut Vec<Diagnostic>,
 ) -> BTreeMap<&'a str, Vec<Def<'a>>> {
@@ -234,7 +251,7 @@ fn split_tables<'a>(
 }
 
 fn conflict(
-    path: &str,
+    path: &OptionPath<'_>,
     first: &Value,
     first_def: &Def<'_>,
     second: &Value,
@@ -250,7 +267,7 @@ fn conflict(
         .help("set it in one place; or make the one that should win [force], or the one that should yield [defaults]")
 }
 
-pub fn type_mismatch(path: &str, ty: &OptionType, node: &Node) -> Diagnostic {
+pub fn type_mismatch(path: &dyn fmt::Display, ty: &OptionType, node: &Node) -> Diagnostic {
     let mut diagnostic = Diagnostic::error("type-mismatch", format!("wrong type for `{path}`")).at(
         node.span,
         format!("expected {}, found {}", ty.expectation(), node.type_name()),
@@ -282,7 +299,7 @@ pub fn type_mismatch(path: &str, ty: &OptionType, node: &Node) -> Diagnostic {
 /// Check one scalar definition and normalise it.
 fn check_scalar(
     ty: &OptionType,
-    path: &str,
+    path: &OptionPath<'_>,
     node: &Node,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Value> {
@@ -360,7 +377,7 @@ impl Invalid {
         }
     }
 
-    pub fn into_diagnostic(self, path: &str, span: Span) -> Diagnostic {
+    pub fn into_diagnostic(self, path: &dyn fmt::Display, span: Span) -> Diagnostic {
         let message = match self.code {
             "secret-value" => format!("`{path}` takes a secret reference, not a secret"),
             "private-key" => format!("a private key in `{path}`"),
@@ -376,7 +393,12 @@ impl Invalid {
     }
 }
 
-fn invalid(path: &str, node: &Node, label: String, help: Option<String>) -> Diagnostic {
+fn invalid(
+    path: &dyn fmt::Display,
+    node: &Node,
+    label: String,
+    help: Option<String>,
+) -> Diagnostic {
     Diagnostic::error("invalid-value", format!("invalid value for `{path}`"))
         .at(node.span, label)
         .help_opt(help)

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::node::parse_document;
 use crate::config::{DocId, DocKind, Node, NodeKind, Repo, Span, Table};
-pub use checks::{SourceRef, duplicate_vmids};
+pub use checks::{SourceRef, Validated, duplicate_vmids};
 use collect::{Collector, Scope};
 use merge::{Def, empty_value, merge};
 use options::{Decl, DeclaredIn, Group, OptNode};
@@ -128,25 +128,14 @@ impl Evaluator {
     /// Evaluate any document: hosts, images and stacks give a spec;
     /// modules are checked on their own and give none.
     pub fn evaluate(&self, id: DocId) -> Evaluation<Option<Spec>> {
-        self.evaluate_detailed(id).map(|(spec, _)| spec)
-    }
-
-    /// [`evaluate`](Evaluator::evaluate), plus the repo files the spec copies.
-    pub fn evaluate_detailed(&self, id: DocId) -> Evaluation<(Option<Spec>, Vec<SourceRef>)> {
         match self.repo.document(id).kind {
-            DocKind::Host => self
-                .host_detailed(id)
-                .map(|(s, f)| (Some(Spec::Host(Box::new(s))), f)),
-            DocKind::Image => self
-                .image_detailed(id)
-                .map(|(s, f)| (Some(Spec::Image(Box::new(s))), f)),
-            DocKind::Stack => self
-                .stack(id)
-                .map(|s| (Some(Spec::Stack(Box::new(s))), Vec::new())),
+            DocKind::Host => self.host(id).map(|s| Some(Spec::Host(Box::new(s)))),
+            DocKind::Image => self.image(id).map(|s| Some(Spec::Image(Box::new(s)))),
+            DocKind::Stack => self.stack(id).map(|s| Some(Spec::Stack(Box::new(s)))),
             DocKind::Module => {
                 let diagnostics = self.check_module(id);
                 if diagnostics.is_empty() {
-                    Ok((None, Vec::new()))
+                    Ok(None)
                 } else {
                     Err(diagnostics)
                 }
@@ -178,7 +167,7 @@ impl Evaluator {
         let before = diagnostics.len();
         let value = merge(
             &decl.ty,
-            &format!("[{}]", document.kind.header()),
+            &merge::OptionPath::Root(&format!("[{}]", document.kind.header())),
             &[Def {
                 priority: Priority::Config,
                 node: &node,
@@ -246,12 +235,18 @@ impl Evaluator {
                     node,
                 })
                 .collect();
-            all.extend(defs.remove(&decl.path).unwrap_or_default());
+            all.extend(defs.remove(decl.path.as_str()).unwrap_or_default());
             let value = if all.is_empty() {
                 empty_value(&decl.ty, decl.span)
             } else {
-                merge(&decl.ty, &decl.path, &all, decl.span, &mut diagnostics)
-                    .unwrap_or_else(|| empty_value(&decl.ty, decl.span))
+                merge(
+                    &decl.ty,
+                    &merge::OptionPath::Root(&decl.path),
+                    &all,
+                    decl.span,
+                    &mut diagnostics,
+                )
+                .unwrap_or_else(|| empty_value(&decl.ty, decl.span))
             };
             root.insert_path(&decl.path, value);
         }
@@ -310,7 +305,13 @@ impl Evaluator {
         diagnostics.extend(found);
         for (path, path_defs) in &defs {
             if let Some(OptNode::Option(decl)) = self.options.lookup(path) {
-                merge(&decl.ty, path, path_defs, decl.span, &mut diagnostics);
+                merge(
+                    &decl.ty,
+                    &merge::OptionPath::Root(path),
+                    path_defs,
+                    decl.span,
+                    &mut diagnostics,
+                );
             }
         }
         diagnostics

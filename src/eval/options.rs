@@ -291,7 +291,13 @@ pub fn parse_decl(
     for (what, value) in [("default", &decl.default), ("example", &decl.example)] {
         if let Some(value) = value {
             let mut problems = Vec::new();
-            check_value(&decl.ty, value, &format!("{path} ({what})"), &mut problems);
+            let root = format!("{path} ({what})");
+            check_value(
+                &decl.ty,
+                value,
+                &super::merge::OptionPath::Root(&root),
+                &mut problems,
+            );
             diagnostics.extend(problems);
         }
     }

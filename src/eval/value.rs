@@ -152,6 +152,23 @@ impl Value {
         }
     }
 
+    /// [`to_json`](Value::to_json), consuming the tree (no string copies).
+    pub fn into_json(self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self.kind {
+            ValueKind::Null | ValueKind::Invalid => J::Null,
+            ValueKind::Bool(b) => J::Bool(b),
+            ValueKind::Int(i) => J::from(i),
+            ValueKind::Str(s) | ValueKind::Secret(s) | ValueKind::Template { raw: s, .. } => {
+                J::String(s)
+            }
+            ValueKind::List(items) => J::Array(items.into_iter().map(Value::into_json).collect()),
+            ValueKind::Map(map) => {
+                J::Object(map.into_iter().map(|(k, v)| (k, v.into_json())).collect())
+            }
+        }
+    }
+
     /// A short rendering for messages (`22`, `"no"`).
     pub fn short(&self) -> String {
         match &self.kind {

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::{DocId, DocKind, LoadError, Repo, discover_root};
 use crate::eval::Evaluator;
-use crate::eval::spec::{HostSpec, Spec};
+use crate::eval::spec::Spec;
 use crate::suggest::did_you_mean;
 
 /// Find and read the repo: `explicit` if given, else the nearest ancestor
@@ -128,25 +128,24 @@ pub fn check(evaluator: &Evaluator) -> CheckReport {
     let repo = &evaluator.repo;
     let mut diagnostics = crate::config::Diagnostics::default();
     diagnostics.extend(evaluator.diagnostics.iter().cloned());
-    let mut hosts: Vec<(HostSpec, crate::config::Span)> = Vec::new();
+    let mut vmids: Vec<(&str, u32, crate::config::Span)> = Vec::new();
     let mut sources = Vec::new();
     for (index, document) in repo.documents.iter().enumerate() {
-        match evaluator.evaluate_detailed(DocId(index)) {
-            Ok((Some(Spec::Host(spec)), files)) => {
-                let span = document
-                    .header_table()
-                    .and_then(|t| t.get("vmid"))
-                    .map_or(document.header_span(), |e| e.value.span);
-                hosts.push((*spec, span));
-                sources.extend(files);
+        match evaluator.validate(DocId(index)) {
+            Ok(validated) => {
+                if let Some(vmid) = validated.vmid {
+                    let span = document
+                        .header_table()
+                        .and_then(|t| t.get("vmid"))
+                        .map_or(document.header_span(), |e| e.value.span);
+                    vmids.push((&document.name, vmid, span));
+                }
+                sources.extend(validated.sources);
             }
-            Ok((_, files)) => sources.extend(files),
             Err(found) => diagnostics.extend(found),
         }
     }
-    let pairs: Vec<(&HostSpec, crate::config::Span)> =
-        hosts.iter().map(|(s, span)| (s, *span)).collect();
-    diagnostics.extend(crate::eval::duplicate_vmids(&pairs));
+    diagnostics.extend(crate::eval::duplicate_vmids(&vmids));
     // `files.*.source` must name a file in the repo: check's one look at
     // the disk beyond reading the kiln files.
     for source in sources {
