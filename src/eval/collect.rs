@@ -8,7 +8,6 @@ use super::options::{DeclaredIn, Group, OptNode, join};
 use super::value::Priority;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::{DocId, Repo, Table};
-use crate::suggest::did_you_mean;
 
 /// Which module-declared options an evaluation can see.
 pub enum Scope {
@@ -158,21 +157,8 @@ impl<'a> Collector<'a> {
             .filter(|(_, node)| visible(node))
             .map(|(k, _)| k.as_str())
             .collect();
-        let mut hint = did_you_mean(key, siblings.iter().copied()).map(|h| {
-            // Show the full path in the hint.
-            h.replacen(
-                '`',
-                &format!(
-                    "`{}",
-                    if prefix.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{prefix}.")
-                    }
-                ),
-                1,
-            )
-        });
+        let mut hint = crate::suggest::closest(key, siblings.iter().copied())
+            .map(|sibling| format!("did you mean `{}`?", join(prefix, sibling)));
         if hint.is_none() {
             // `port = 22` at the top when `ssh.port` was meant.
             let same_leaf: Vec<&str> = self

@@ -207,6 +207,10 @@ impl fmt::Display for OptionPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OptionPath::Root(root) => f.write_str(root),
+            // A header field reads `[host] kind`.
+            OptionPath::Key(OptionPath::Root(root), key) if root.starts_with('[') => {
+                write!(f, "{root} {key}")
+            }
             OptionPath::Key(parent, key) => {
                 write!(f, "{parent}.{}", crate::config::node::quote_key(key))
             }

@@ -164,8 +164,7 @@ impl Evaluator {
         let Some(OptNode::Option(decl)) = self.headers.lookup(document.kind.header()) else {
             return None;
         };
-        let before = diagnostics.len();
-        let value = merge(
+        merge(
             &decl.ty,
             &merge::OptionPath::Root(&format!("[{}]", document.kind.header())),
             &[Def {
@@ -174,15 +173,7 @@ impl Evaluator {
             }],
             entry.key_span,
             diagnostics,
-        );
-        // Header fields are reported as `[host].kind`, not `[host].kind` of a table.
-        for diagnostic in &mut diagnostics[before..] {
-            diagnostic.message = diagnostic.message.replace(
-                &format!("`[{}].", document.kind.header()),
-                &format!("`[{}] ", document.kind.header()),
-            );
-        }
-        value
+        )
     }
 
     /// Steps 1–4 for a host or an image. `None` if the document or one of
