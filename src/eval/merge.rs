@@ -137,7 +137,7 @@ pub fn merge(
                 let mut field_defs: Vec<Def<'_>> = Vec::new();
                 if let Some(default) = &field.default {
                     field_defs.push(Def {
-                        priority: Priority::Declared,
+                        priority: Priority::FieldDefault,
                         node: default,
                     });
                 }

@@ -343,3 +343,54 @@ fn field_strings(value: &Value, key: &str) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evaluator(files: &[(&str, &str)]) -> Evaluator {
+        let files = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec()))
+            .collect();
+        Evaluator::new(Repo::from_files("/repo".into(), files))
+    }
+
+    #[test]
+    fn built_in_declarations_are_valid() {
+        let evaluator = evaluator(&[]);
+        let rendered: Vec<String> = evaluator
+            .diagnostics
+            .iter()
+            .map(|d| crate::config::diagnostic::render(d, &evaluator.repo.sources, false))
+            .collect();
+        assert!(rendered.is_empty(), "{}", rendered.join("\n"));
+    }
+
+    #[test]
+    fn an_option_default_overrides_its_record_fields_defaults() {
+        let evaluator = evaluator(&[
+            (
+                "modules/m.toml",
+                "[module]\n[options.keep]\ntype = \"record\"\ndefault = { daily = 3 }\ndescription = \"d\"\n\
+                 [options.keep.fields.daily]\ntype = \"int\"\ndefault = 7\ndescription = \"d\"\n\
+                 [options.keep.fields.weekly]\ntype = \"int\"\ndefault = 4\ndescription = \"w\"\n",
+            ),
+            (
+                "images/i.toml",
+                "[image]\nformats = [\"lxc\"]\nbase.debian = { suite = \"bookworm\" }\n",
+            ),
+            (
+                "hosts/h.toml",
+                "[host]\nkind = \"lxc\"\nimage = \"i\"\nnode = \"n\"\nvmid = 100\nimports = [\"m\"]\n",
+            ),
+        ]);
+        assert!(evaluator.diagnostics.is_empty());
+        let id = evaluator.repo.find(DocKind::Host, "h").unwrap();
+        let spec = evaluator.host(id).unwrap();
+        assert_eq!(
+            spec.config.options["keep"],
+            serde_json::json!({ "daily": 3, "weekly": 4 })
+        );
+    }
+}

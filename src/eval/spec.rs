@@ -198,6 +198,7 @@ pub struct Proxmox {
     /// Bytes.
     pub disk: u64,
     pub storage: String,
+    pub bridge: String,
     pub template_storage: String,
     pub disks: BTreeMap<String, Disk>,
     pub tags: Vec<String>,

@@ -7,11 +7,14 @@ use crate::config::Span;
 
 /// How strongly a definition holds.
 ///
-/// The strongest priority present wins. `Declared` is the option's own
-/// `default`; the others are the `[defaults]`, `[config]` and `[force]`
-/// sections (like NixOS's option default, `mkDefault`, plain, `mkForce`).
+/// The strongest priority present wins. `FieldDefault` is a record
+/// field's own `default`; `Declared` is an option's `default` (which may set
+/// fields of a record, overriding their defaults); the others are the
+/// `[defaults]`, `[config]` and `[force]` sections (like NixOS's option
+/// default, `mkDefault`, plain, `mkForce`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
+    FieldDefault,
     Declared,
     Defaults,
     Config,
@@ -27,6 +30,7 @@ impl Priority {
 
     pub fn describe(self) -> &'static str {
         match self {
+            Priority::FieldDefault => "the field's default",
             Priority::Declared => "the option's default",
             Priority::Defaults => "[defaults]",
             Priority::Config => "[config]",
