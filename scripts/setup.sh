@@ -6,6 +6,8 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v git >/dev/null || need_apt+=(git)
+# Nix itself, to cross-check store-path base32 and NAR hashes in tests.
+command -v nix-store >/dev/null || need_apt+=(nix-bin)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need_apt[*]}" >&2

@@ -20,8 +20,10 @@
 //!
 //! The library never prints; `src/main.rs` is a thin shell over [`cli::main`].
 
+pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod eval;
 pub mod ops;
+pub mod store;
 pub mod suggest;
