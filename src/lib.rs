@@ -8,22 +8,32 @@
 //!        │
 //!        ▼ config   read files with spans, resolve imports, diagnostics
 //!        ▼ eval     option types, priorities, merge, interpolation → specs
-//!        ▼ …        lock, plan, build, store, deploy (later stages)
+//!        ▼ plan     specs → derivations (pure data, hashed)
+//!        ▼ build    scheduler: valid? skip : run the builder, register the output
+//!        ▼ store    <store>/<hash>-<name>, immutable, with a validity record
+//!        ▼ …        lock, deploy (later stages)
 //! ```
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | files, TOML spans, imports, [`config::Diagnostic`] |
 //! | [`eval`] | option declarations and types, merge, interpolation, [`eval::spec`] |
-//! | [`ops`] | one function per command (`check`, `eval`, `options`), called by the CLI |
+//! | [`plan`] | derivations, their canonical bytes and hashes, the DAG for targets |
+//! | [`store`] | store paths, Nix base32, NAR hashing, validity records, locks, verify, gc |
+//! | [`build`] | the scheduler, the hermetic builder process, `--explain`, `--check` |
+//! | [`builders`] | one module per builder (`overlay`; `source` is built in) |
+//! | [`ops`] | one function per command, called by the CLI |
 //! | [`cli`] | clap definitions, output formatting, exit codes |
 //!
 //! The library never prints; `src/main.rs` is a thin shell over [`cli::main`].
 
+pub mod build;
 pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod eval;
+pub mod fs;
 pub mod ops;
+pub mod plan;
 pub mod store;
 pub mod suggest;

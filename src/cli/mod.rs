@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the input or environment is wrong (every
 //! problem is printed); 2 usage errors (from clap). A panic is a bug.
 
+mod build_cmd;
 mod output;
 
 use std::io::IsTerminal;
@@ -37,6 +38,11 @@ pub struct Cli {
     /// When to use colour (`auto`: on a terminal, unless NO_COLOR is set).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+
+    /// The store (default: $KILN_STORE, else $XDG_DATA_HOME/kiln/store,
+    /// else ~/.local/share/kiln/store).
+    #[arg(long, global = true, value_name = "DIR", env = "KILN_STORE")]
+    pub store: Option<PathBuf>,
 
     /// Print only errors.
     #[arg(short, long, global = true)]
@@ -80,6 +86,31 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Build targets into the store (hosts: their overlay).
+    Build(build_cmd::BuildArgs),
+    /// Print the derivation of a target: the exact bytes that are hashed.
+    ShowDerivation {
+        /// HOST
+        target: Target,
+        /// Print JSON, with the derivation's hash and output path.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and maintain the store.
+    #[command(subcommand)]
+    Store(build_cmd::StoreCommand),
+    /// Run one builder (used by `kiln build`; not for people).
+    #[command(hide = true)]
+    InternalBuild {
+        #[arg(long)]
+        drv: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+    },
 }
 
 /// Parse arguments, run one command, and turn its outcome into an exit code.
@@ -103,7 +134,43 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The store location: --store / $KILN_STORE, else the XDG default. The
+/// environment is read here and nowhere else.
+fn store_location(cli: &Cli) -> PathBuf {
+    crate::store::default_location(
+        cli.store.clone(),
+        std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+    )
+}
+
 fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
+    // Commands that need no repo.
+    match &cli.command {
+        Command::InternalBuild {
+            drv,
+            out,
+            store,
+            repo,
+        } => {
+            return match crate::build::run_builder(drv, out, store, repo) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) => {
+                    printer.fatal(&error.to_string());
+                    Ok(ExitCode::from(1))
+                }
+            };
+        }
+        Command::Store(command) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            return build_cmd::store_command(&store, command, printer);
+        }
+        _ => {}
+    }
     let cwd = std::env::current_dir()?;
     let evaluator = ops::open(cli.repo.as_deref(), &cwd)?;
     let sources = &evaluator.repo.sources;
@@ -164,6 +231,14 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            build_cmd::build(&evaluator, &store, args, printer)
+        }
+        Command::ShowDerivation { target, json } => {
+            build_cmd::show_derivation(&evaluator, target, *json, printer)
+        }
+        Command::Store(_) | Command::InternalBuild { .. } => unreachable!("handled above"),
     }
 }
 

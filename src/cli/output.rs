@@ -36,6 +36,18 @@ impl Printer {
         out.flush()
     }
 
+    /// A progress or summary line on stderr (not with --quiet).
+    pub(super) fn status(&self, text: &str) {
+        if !self.quiet {
+            self.stderr_line(text);
+        }
+    }
+
+    /// A result line on stdout.
+    pub(super) fn line(&self, text: &str) -> std::io::Result<()> {
+        self.stdout(&format!("{text}\n"))
+    }
+
     pub(super) fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
         let mut text = serde_json::to_string_pretty(value)?;
         text.push('\n');

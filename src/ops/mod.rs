@@ -1,5 +1,6 @@
 //! One library operation per command. Each returns data; the CLI prints it.
 
+pub mod build;
 pub mod options_doc;
 
 use std::path::{Path, PathBuf};

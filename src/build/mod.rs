@@ -1,0 +1,312 @@
+//! The scheduler: realise a plan's derivations in dependency order, up to
+//! `jobs` at a time, each in a sandboxed child process ([`sandbox`]).
+//!
+//! For each derivation: already valid? skip. Otherwise take its output's
+//! lock (another process may be building it: wait, then find it valid),
+//! run its builder into scratch, and register the output
+//! ([`Store::register`]). `--check` rebuilds a valid output and compares the
+//! bytes; `--explain` says what changed since the last build of the same
+//! name.
+
+mod explain;
+mod run;
+pub mod sandbox;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use explain::explain;
+pub use run::{BuilderError, run_builder};
+
+use crate::plan::{Derivation, DrvHash, Output, Plan};
+use crate::store::path::StorePath;
+use crate::store::{Store, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Builders run at once.
+    pub jobs: usize,
+    /// Rebuild the requested (already valid) outputs and compare.
+    pub check: bool,
+    /// Keep the scratch directory of a failed build.
+    pub keep_failed: bool,
+    /// The repo (the `source` builder copies from it).
+    pub repo: PathBuf,
+    /// The kiln executable that runs builders.
+    pub kiln: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("building {name} failed: {reason}{}", kept.as_ref().map(|k| format!("\n  (scratch kept in {})", k.display())).unwrap_or_default())]
+    Failed {
+        name: String,
+        reason: String,
+        kept: Option<PathBuf>,
+    },
+    #[error("cannot start the builder for {name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What happened to one derivation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Already valid; nothing done.
+    Valid,
+    /// Built (or waited for another process that built it).
+    Built,
+    /// Rebuilt with --check: identical.
+    CheckedSame,
+    /// Rebuilt with --check: differs.
+    CheckedDifferent { differences: Vec<String> },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Realised {
+    pub name: String,
+    pub drv: DrvHash,
+    pub path: StorePath,
+    pub status: Status,
+    pub seconds: f64,
+}
+
+/// Progress reports; the CLI draws them.
+pub trait Progress: Sync {
+    fn started(&self, name: &str);
+    fn finished(&self, realised: &Realised);
+}
+
+/// What needs doing: the closure of the roots, minus valid outputs (plus
+/// the roots themselves with `check`).
+pub fn needed(store: &Store, plan: &Plan, check: bool) -> Vec<DrvHash> {
+    let roots: BTreeSet<&DrvHash> = plan.roots.iter().map(|(_, d)| d).collect();
+    let mut wanted = BTreeSet::new();
+    let mut stack: Vec<&DrvHash> = roots.iter().copied().collect();
+    while let Some(hash) = stack.pop() {
+        if !wanted.insert(hash.clone()) {
+            continue;
+        }
+        let Some(derivation) = plan.derivations.get(hash) else {
+            continue;
+        };
+        if store.is_valid(&derivation.output_path()) && !(check && roots.contains(hash)) {
+            continue;
+        }
+        stack.extend(derivation.inputs.values().map(|i| i.drv()));
+    }
+    plan.topological()
+        .into_iter()
+        .filter(|h| wanted.contains(*h))
+        .filter(|h| {
+            let derivation = &plan.derivations[*h];
+            !store.is_valid(&derivation.output_path()) || (check && roots.contains(h))
+        })
+        .cloned()
+        .collect()
+}
+
+struct Queue {
+    /// Derivations still to run, with how many of their inputs are pending.
+    waiting: BTreeMap<DrvHash, usize>,
+    ready: VecDeque<DrvHash>,
+    running: usize,
+    done: Vec<Realised>,
+    failed: Option<BuildError>,
+}
+
+/// Realise the plan. Returns one entry per derivation of the roots'
+/// closure (valid ones included), in completion order.
+pub fn build(
+    store: &Store,
+    plan: &Plan,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Realised>, BuildError> {
+    let _gc = store.gc_lock(false)?;
+    let todo: BTreeSet<DrvHash> = needed(store, plan, options.check).into_iter().collect();
+    let mut waiting = BTreeMap::new();
+    let mut ready = VecDeque::new();
+    for hash in &todo {
+        let pending = plan.derivations[hash]
+            .inputs
+            .values()
+            .filter(|i| todo.contains(i.drv()))
+            .count();
+        if pending == 0 {
+            ready.push_back(hash.clone());
+        } else {
+            waiting.insert(hash.clone(), pending);
+        }
+    }
+    let queue = Mutex::new(Queue {
+        waiting,
+        ready,
+        running: 0,
+        done: Vec::new(),
+        failed: None,
+    });
+    let wake = Condvar::new();
+    let workers = options.jobs.max(1).min(todo.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| worker(store, plan, options, progress, &todo, &queue, &wake));
+        }
+    });
+    let queue = queue
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(error) = queue.failed {
+        return Err(error);
+    }
+    let mut results = queue.done;
+    // Roots that were already valid are reported too.
+    for (_, hash) in &plan.roots {
+        if !todo.contains(hash) {
+            let derivation = &plan.derivations[hash];
+            results.push(Realised {
+                name: derivation.name.clone(),
+                drv: hash.clone(),
+                path: derivation.output_path(),
+                status: Status::Valid,
+                seconds: 0.0,
+            });
+        }
+    }
+    Ok(results)
+}
+
+fn worker(
+    store: &Store,
+    plan: &Plan,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+    todo: &BTreeSet<DrvHash>,
+    queue: &Mutex<Queue>,
+    wake: &Condvar,
+) {
+    let lock = || {
+        queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    loop {
+        let hash = {
+            let mut state = lock();
+            loop {
+                if state.failed.is_some() || (state.ready.is_empty() && state.running == 0) {
+                    wake.notify_all();
+                    return;
+                }
+                if let Some(hash) = state.ready.pop_front() {
+                    state.running += 1;
+                    break hash;
+                }
+                state = wake
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let derivation = &plan.derivations[&hash];
+        let is_root = plan.roots.iter().any(|(_, h)| *h == hash);
+        let result = realise(
+            store,
+            &hash,
+            derivation,
+            options,
+            options.check && is_root,
+            progress,
+        );
+        let mut state = lock();
+        state.running -= 1;
+        match result {
+            Ok(realised) => {
+                progress.finished(&realised);
+                state.done.push(realised);
+                for (other, other_derivation) in &plan.derivations {
+                    if todo.contains(other)
+                        && other_derivation.inputs.values().any(|i| *i.drv() == hash)
+                    {
+                        let left = state.waiting.get_mut(other).map(|n| {
+                            *n -= 1;
+                            *n
+                        });
+                        if left == Some(0) {
+                            state.waiting.remove(other);
+                            state.ready.push_back(other.clone());
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if state.failed.is_none() {
+                    state.failed = Some(error);
+                }
+            }
+        }
+        wake.notify_all();
+    }
+}
+
+/// Build one derivation (or find it built by another process).
+fn realise(
+    store: &Store,
+    hash: &DrvHash,
+    derivation: &Derivation,
+    options: &BuildOptions,
+    check: bool,
+    progress: &dyn Progress,
+) -> Result<Realised, BuildError> {
+    let path = derivation.output_path();
+    let started = Instant::now();
+    let finish = |status| Realised {
+        name: derivation.name.clone(),
+        drv: hash.clone(),
+        path: path.clone(),
+        status,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let _lock = store.lock(&path)?;
+    if !check && store.is_valid(&path) {
+        // Another process built it while we waited for the lock.
+        return Ok(finish(Status::Valid));
+    }
+    progress.started(&derivation.name);
+    store.write_derivation(derivation)?;
+    let scratch = store.scratch()?;
+    let out = scratch.path().join("out");
+    if let Err(error) = run::spawn(store, derivation, scratch.path(), &out, options) {
+        let kept = options.keep_failed.then(|| scratch.keep());
+        return Err(match error {
+            BuildError::Failed { name, reason, .. } => BuildError::Failed { name, reason, kept },
+            other => other,
+        });
+    }
+    if check {
+        let differences = run::compare(store, &path, &out)?;
+        let status = if differences.is_empty() {
+            Status::CheckedSame
+        } else {
+            Status::CheckedDifferent { differences }
+        };
+        return Ok(finish(status));
+    }
+    let expected = match &derivation.output {
+        Output::Fixed { nar_sha256 } => Some(nar_sha256.as_str()),
+        Output::Input => None,
+    };
+    let candidates = store.closure(derivation.inputs.values().map(|i| i.path().clone()))?;
+    store.register(&path, &out, Some(hash), expected, &candidates)?;
+    store.set_last(&derivation.name, derivation)?;
+    Ok(finish(Status::Built))
+}

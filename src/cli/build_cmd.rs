@@ -1,0 +1,389 @@
+//! `kiln build`, `kiln show-derivation`, `kiln store …` and the hidden
+//! `kiln internal-build` that runs one builder in its sandbox.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use clap::{Args, Subcommand};
+
+use super::output::Printer;
+use crate::build::{self, BuildOptions, Progress, Realised, Status};
+use crate::eval::Evaluator;
+use crate::ops::{self, Target};
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// HOST, image:NAME or stack:NAME (hosts build their overlay today).
+    pub targets: Vec<Target>,
+    /// Build every host.
+    #[arg(long)]
+    pub all: bool,
+    /// Builders to run at once (default: the number of cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// List what would be built, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// For each derivation to build, say what changed since its last build.
+    #[arg(long)]
+    pub explain: bool,
+    /// Rebuild the targets (already built) and compare byte for byte.
+    #[arg(long)]
+    pub check: bool,
+    /// Keep the scratch directory of a failed build.
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// Result link to create (default `result`, `result-HOST` for several targets).
+    #[arg(short = 'o', long = "out-link", value_name = "LINK")]
+    pub out_link: Option<PathBuf>,
+    /// Create no result links (and so no gc roots).
+    #[arg(long, conflicts_with = "out_link")]
+    pub no_link: bool,
+    /// Print what was built as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Re-hash every valid path; exit 1 if any does not match its record.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every path that no root (result link, kept generation) reaches.
+    Gc {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a valid path's record: hashes, size, references, deriver.
+    PathInfo {
+        /// A store path, or a result link.
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List valid paths.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Lines on stderr, one per start and finish (nothing with -q).
+struct Lines<'a> {
+    printer: &'a Printer,
+    store: &'a Path,
+    lock: Mutex<()>,
+}
+
+impl Progress for Lines<'_> {
+    fn started(&self, name: &str) {
+        let _guard = self.lock.lock();
+        self.printer.status(&format!("building {name}"));
+    }
+
+    fn finished(&self, realised: &Realised) {
+        let _guard = self.lock.lock();
+        let path = self.store.join(realised.path.to_string());
+        let line = match &realised.status {
+            Status::Valid => format!("{} is valid (built by another process)", realised.name),
+            Status::Built => format!(
+                "built {} in {:.2}s: {}",
+                realised.name,
+                realised.seconds,
+                path.display()
+            ),
+            Status::CheckedSame => {
+                format!("checked {}: identical to the first build", realised.name)
+            }
+            Status::CheckedDifferent { differences } => format!(
+                "checked {}: NOT reproducible ({} difference{})",
+                realised.name,
+                differences.len(),
+                if differences.len() == 1 { "" } else { "s" }
+            ),
+        };
+        self.printer.status(&line);
+    }
+}
+
+pub(super) fn build(
+    evaluator: &Evaluator,
+    store: &Store,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    let plan = match ops::build::plan(evaluator, &args.targets, args.all) {
+        Ok(plan) => plan,
+        Err(failure) => {
+            for diagnostic in failure.diagnostics() {
+                printer.diagnostic(diagnostic, &evaluator.repo.sources);
+            }
+            printer.fatal(&failure.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let needed = build::needed(store, &plan, args.check);
+    if args.dry_run || args.explain {
+        for hash in &needed {
+            let derivation = &plan.derivations[hash];
+            let verb = if derivation.is_fixed_output() {
+                "copy"
+            } else {
+                "build"
+            };
+            printer.line(&format!(
+                "would {verb} {}",
+                store.real_path(&derivation.output_path()).display()
+            ))?;
+            if args.explain {
+                for reason in build::explain(store, derivation) {
+                    printer.line(&format!("    because {reason}"))?;
+                }
+            }
+        }
+        if needed.is_empty() {
+            printer.status("nothing to build: every output is valid");
+        }
+        if args.dry_run {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let options = BuildOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        check: args.check,
+        keep_failed: args.keep_failed,
+        repo: evaluator.repo.root.clone(),
+        kiln: std::env::current_exe()?,
+    };
+    if let build::sandbox::Isolation::Unavailable(reason) = build::sandbox::Isolation::detect() {
+        printer.status(&format!(
+            "warning: builders run WITHOUT network isolation: {reason}"
+        ));
+    }
+    let progress = Lines {
+        printer,
+        store: store.root(),
+        lock: Mutex::new(()),
+    };
+    let results = match build::build(store, &plan, &options, &progress) {
+        Ok(results) => results,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let built = results.iter().filter(|r| r.status == Status::Built).count();
+    if built == 0 && !args.check {
+        printer.status(&format!(
+            "nothing to build: {} target{} already built",
+            plan.roots.len(),
+            if plan.roots.len() == 1 { "" } else { "s" }
+        ));
+    }
+    // Result links: gc roots for what was asked for.
+    if !args.no_link && !args.check {
+        let several = plan.roots.len() > 1;
+        for (target, hash) in &plan.roots {
+            let link = match (&args.out_link, several) {
+                (Some(link), false) => link.clone(),
+                (Some(link), true) => PathBuf::from(format!("{}-{target}", link.display())),
+                (None, false) => PathBuf::from("result"),
+                (None, true) => PathBuf::from(format!("result-{target}")),
+            };
+            store.add_result_link(&link, &plan.derivations[hash].output_path())?;
+        }
+    }
+    let mut failed_check = false;
+    for result in &results {
+        if let Status::CheckedDifferent { differences } = &result.status {
+            failed_check = true;
+            for difference in differences {
+                printer.status(&format!("  {}: {difference}", result.name));
+            }
+        }
+    }
+    if args.json {
+        let results: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "drv": r.drv, "path": store.real_path(&r.path),
+                    "status": r.status, "seconds": r.seconds,
+                })
+            })
+            .collect();
+        printer.json(&serde_json::json!({ "kind": "build", "version": 1, "results": results }))?;
+    } else {
+        for (_, hash) in &plan.roots {
+            printer.line(
+                &store
+                    .real_path(&plan.derivations[hash].output_path())
+                    .display()
+                    .to_string(),
+            )?;
+        }
+    }
+    Ok(if failed_check {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(super) fn show_derivation(
+    evaluator: &Evaluator,
+    target: &Target,
+    json: bool,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    let plan = match ops::build::plan(evaluator, std::slice::from_ref(target), false) {
+        Ok(plan) => plan,
+        Err(failure) => {
+            for diagnostic in failure.diagnostics() {
+                printer.diagnostic(diagnostic, &evaluator.repo.sources);
+            }
+            printer.fatal(&failure.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (_, hash) = &plan.roots[0];
+    let derivation = &plan.derivations[hash];
+    if json {
+        printer.json(&serde_json::json!({
+            "kind": "derivation", "version": 1, "hash": hash,
+            "output": derivation.output_path(), "derivation": derivation,
+        }))?;
+    } else {
+        printer.stdout(&derivation.canonical())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn store_command(
+    store: &Store,
+    command: &StoreCommand,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        StoreCommand::Verify { json } => {
+            let started = std::time::Instant::now();
+            let report = store.verify(|_| {})?;
+            let seconds = started.elapsed().as_secs_f64();
+            if *json {
+                printer.json(&serde_json::json!({ "kind": "store-verify", "version": 1, "report": report, "seconds": seconds }))?;
+            } else {
+                for corruption in &report.corrupt {
+                    printer.status(&format!(
+                        "CORRUPT {}: {}",
+                        store.real_path(&corruption.path).display(),
+                        corruption.problem
+                    ));
+                }
+                printer.status(&format!(
+                    "verified {} path{} ({} bytes) in {seconds:.2}s: {} corrupt, {} unregistered (removed by gc)",
+                    report.checked,
+                    if report.checked == 1 { "" } else { "s" },
+                    report.bytes,
+                    report.corrupt.len(),
+                    report.unregistered.len()
+                ));
+            }
+            Ok(if report.corrupt.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        StoreCommand::Gc { dry_run, json } => {
+            let report = store.gc(*dry_run)?;
+            if *json {
+                printer.json(
+                    &serde_json::json!({ "kind": "store-gc", "version": 1, "report": report }),
+                )?;
+            } else {
+                let verb = if *dry_run { "would delete" } else { "deleted" };
+                for path in &report.deleted {
+                    printer.line(&format!("{verb} {}", store.real_path(path).display()))?;
+                }
+                printer.status(&format!(
+                    "{verb} {} path{} and {} leftover{}, {} bytes; {} root{} keep {} path{} alive",
+                    report.deleted.len(),
+                    if report.deleted.len() == 1 { "" } else { "s" },
+                    report.garbage.len(),
+                    if report.garbage.len() == 1 { "" } else { "s" },
+                    report.bytes_freed,
+                    report.roots,
+                    if report.roots == 1 { "" } else { "s" },
+                    report.live,
+                    if report.live == 1 { "" } else { "s" },
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::PathInfo { path, json } => {
+            let parsed = store.parse_path(path)?;
+            let Some(record) = store.record(&parsed)? else {
+                printer.fatal(&format!(
+                    "{} is not valid in {}",
+                    store.real_path(&parsed).display(),
+                    store.root().display()
+                ));
+                return Ok(ExitCode::from(1));
+            };
+            if *json {
+                printer.json(&serde_json::json!({ "kind": "path-info", "version": 1, "record": record, "nar_hash": record.nar_hash_nix() }))?;
+            } else {
+                printer.line(&format!(
+                    "path:       {}",
+                    store.real_path(&record.path).display()
+                ))?;
+                printer.line(&format!("nar hash:   {}", record.nar_hash_nix()))?;
+                printer.line(&format!("nar size:   {}", record.nar_size))?;
+                printer.line(&format!(
+                    "deriver:    {}",
+                    record
+                        .deriver
+                        .as_ref()
+                        .map_or("-".into(), |d| d.to_string())
+                ))?;
+                for reference in &record.references {
+                    printer.line(&format!(
+                        "references: {}",
+                        store.real_path(reference).display()
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::Ls { json } => {
+            let records = store.records()?;
+            if *json {
+                let paths: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|r| serde_json::json!({ "path": store.real_path(&r.path), "nar_size": r.nar_size }))
+                    .collect();
+                printer.json(
+                    &serde_json::json!({ "kind": "store-ls", "version": 1, "paths": paths }),
+                )?;
+            } else {
+                for record in &records {
+                    printer.line(&format!(
+                        "{:>12}  {}",
+                        record.nar_size,
+                        store.real_path(&record.path).display()
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

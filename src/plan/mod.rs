@@ -1,0 +1,175 @@
+//! From evaluated specs to a DAG of [`Derivation`]s. Pure: the caller
+//! supplies anything read from disk (the hashes of repo files).
+//!
+//! For a host today the DAG is:
+//!
+//! ```text
+//! source-<file>   (fixed-output: one per `files.*.source`, addressed by its bytes)
+//!      │
+//!      ▼
+//! <host>-overlay  (the host's files, users, units… as a directory tree)
+//! ```
+//!
+//! Later stages add fetches, the rootfs and the images below and above it.
+
+pub mod derivation;
+
+use std::collections::BTreeMap;
+
+pub use derivation::{Derivation, DrvHash, Input, Output, SYSTEM};
+
+use crate::eval::spec::HostSpec;
+use crate::store::path::StorePath;
+
+/// SOURCE_DATE_EPOCH for every build: 1980-01-01T00:00:00Z, the earliest
+/// time every archive format kiln writes (tar, zip-style, ISO 9660, ext4)
+/// can represent.
+pub const SOURCE_DATE_EPOCH: &str = "315532800";
+
+/// The overlay builder's version (part of every overlay derivation).
+pub const OVERLAY_VERSION: u32 = 1;
+/// The source builder's version.
+pub const SOURCE_VERSION: u32 = 1;
+
+/// What can go wrong turning specs into derivations.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("`{file}` is used by host `{host}` but was not hashed")]
+    MissingSourceHash { host: String, file: String },
+    #[error("cannot name a store path after `{name}`: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("cannot serialise the spec of `{host}`: {reason}")]
+    Serialise { host: String, reason: String },
+}
+
+/// The derivations for a set of targets, and which of them were asked for.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub derivations: BTreeMap<DrvHash, Derivation>,
+    /// `(target, derivation)`: what the user asked to build.
+    pub roots: Vec<(String, DrvHash)>,
+}
+
+impl Plan {
+    fn add(&mut self, derivation: Derivation) -> Result<(DrvHash, StorePath), PlanError> {
+        let hash = derivation.hash();
+        let path = match &derivation.output {
+            Output::Input => StorePath::for_derivation(hash.as_str(), &derivation.name),
+            Output::Fixed { nar_sha256 } => StorePath::for_content(nar_sha256, &derivation.name),
+        }
+        .map_err(|error| PlanError::BadName {
+            name: derivation.name.clone(),
+            reason: error.to_string(),
+        })?;
+        self.derivations.insert(hash.clone(), derivation);
+        Ok((hash, path))
+    }
+
+    /// Add a host: its overlay and the repo files it copies.
+    /// `source_hashes` maps repo-relative paths to the hex sha256 of their
+    /// NAR serialisation.
+    pub fn add_host(
+        &mut self,
+        spec: &HostSpec,
+        source_hashes: &BTreeMap<String, String>,
+    ) -> Result<DrvHash, PlanError> {
+        let mut inputs = BTreeMap::new();
+        for file in spec.config.files.values() {
+            let Some(source) = &file.source else { continue };
+            let nar_sha256 =
+                source_hashes
+                    .get(source)
+                    .ok_or_else(|| PlanError::MissingSourceHash {
+                        host: spec.name.clone(),
+                        file: source.clone(),
+                    })?;
+            let (drv, path) = self.add(source_derivation(source, nar_sha256))?;
+            inputs.insert(format!("source:{source}"), Input::Fixed { drv, path });
+        }
+        let config = serde_json::to_string(&spec.config).map_err(|error| PlanError::Serialise {
+            host: spec.name.clone(),
+            reason: error.to_string(),
+        })?;
+        let overlay = Derivation {
+            name: format!("{}-overlay", spec.name),
+            builder: "overlay".into(),
+            builder_version: OVERLAY_VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args: BTreeMap::from([
+                ("config".to_owned(), config),
+                ("host".to_owned(), spec.name.clone()),
+            ]),
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        };
+        let (hash, _) = self.add(overlay)?;
+        self.roots.push((spec.name.clone(), hash.clone()));
+        Ok(hash)
+    }
+
+    /// Derivations in dependency order (inputs first), ties by hash: the
+    /// same plan always lists in the same order.
+    pub fn topological(&self) -> Vec<&DrvHash> {
+        let mut order = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for hash in self.derivations.keys() {
+            self.visit(hash, &mut seen, &mut order);
+        }
+        order
+    }
+
+    fn visit<'a>(
+        &'a self,
+        hash: &'a DrvHash,
+        seen: &mut std::collections::BTreeSet<&'a DrvHash>,
+        order: &mut Vec<&'a DrvHash>,
+    ) {
+        if !seen.insert(hash) {
+            return;
+        }
+        if let Some(derivation) = self.derivations.get(hash) {
+            for input in derivation.inputs.values() {
+                self.visit(input.drv(), seen, order);
+            }
+        }
+        order.push(hash);
+    }
+}
+
+/// A repo file copied into the store, addressed by its contents.
+fn source_derivation(repo_path: &str, nar_sha256: &str) -> Derivation {
+    let base = repo_path.rsplit('/').next().unwrap_or(repo_path);
+    Derivation {
+        name: format!("source-{}", store_name(base)),
+        builder: "source".into(),
+        builder_version: SOURCE_VERSION,
+        system: SYSTEM.into(),
+        output: Output::Fixed {
+            nar_sha256: nar_sha256.to_owned(),
+        },
+        args: BTreeMap::from([("path".to_owned(), repo_path.to_owned())]),
+        inputs: BTreeMap::new(),
+        env: BTreeMap::new(),
+    }
+}
+
+/// A file name made acceptable as a store path name: characters Nix does
+/// not allow become `_`.
+fn store_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+-._?=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    out.truncate(180);
+    out
+}

@@ -1,0 +1,252 @@
+//! `kiln build` and the store, driven through the real binary on a copy of
+//! the example fleet: no-op rebuilds, exactly-what-changed rebuilds,
+//! --explain, --check, gc roots, verify, and Nix agreeing on NAR hashes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{copy_tree, root, text};
+
+/// A copy of the example fleet and an empty store next to it.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for part in ["hosts", "images", "modules", "stacks"] {
+            copy_tree(&root().join(part), &dir.path().join("repo").join(part));
+        }
+        std::fs::copy(
+            root().join("lockfile.toml"),
+            dir.path().join("repo/lockfile.toml"),
+        )
+        .unwrap();
+        Fixture { dir }
+    }
+
+    fn repo(&self) -> std::path::PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        let store = self.store();
+        let mut all = vec!["--store", store.to_str().unwrap()];
+        all.extend_from_slice(args);
+        common::kiln(&self.repo(), &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let output = self.kiln(args);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "kiln {args:?}\nstdout:\n{}\nstderr:\n{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        output
+    }
+}
+
+fn built_names(output: &Output) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut names: Vec<String> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "built")
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn second_build_builds_nothing_and_says_so() {
+    let fixture = Fixture::new();
+    let first = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    assert_eq!(
+        built_names(&first),
+        [
+            "db-overlay",
+            "docker-host-overlay",
+            "monitoring-overlay",
+            "netbox-overlay",
+            "source-kiln-backup.sh",
+            "vault-overlay"
+        ]
+    );
+    let second = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    assert!(built_names(&second).is_empty());
+    let third = fixture.ok(&["build", "--all", "--no-link"]);
+    assert!(
+        text(&third.stderr).contains("nothing to build: 5 targets already built"),
+        "{}",
+        text(&third.stderr)
+    );
+    let verify = fixture.ok(&["store", "verify"]);
+    assert!(
+        text(&verify.stderr).contains("verified 6 paths"),
+        "{}",
+        text(&verify.stderr)
+    );
+}
+
+#[test]
+fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
+    let fixture = Fixture::new();
+    fixture.ok(&["build", "--all", "--no-link"]);
+    // Only `db` imports postgresql.
+    let module = fixture.repo().join("modules/postgresql.toml");
+    let changed = std::fs::read_to_string(&module)
+        .unwrap()
+        .replace("default = 5432", "default = 5433");
+    std::fs::write(&module, changed).unwrap();
+    let dry = fixture.ok(&["build", "--all", "--dry-run"]);
+    let would: Vec<&str> = text(&dry.stdout)
+        .leak()
+        .lines()
+        .filter(|l| l.starts_with("would "))
+        .collect();
+    assert_eq!(would.len(), 1, "{would:?}");
+    assert!(would[0].ends_with("-db-overlay"), "{would:?}");
+    let explain = fixture.ok(&["build", "db", "--explain", "--no-link"]);
+    let out = text(&explain.stdout);
+    // The port, and the config file that interpolates it.
+    assert!(
+        out.contains("because argument `config` changed at "),
+        "{out}"
+    );
+    assert!(out.contains("`postgresql.port`"), "{out}");
+    assert!(
+        out.contains("`files.\"/etc/postgresql/15/main/conf.d/kiln.conf\".text`"),
+        "{out}"
+    );
+    // A module every host imports changes every host, and nothing else.
+    let base = fixture.repo().join("modules/base.toml");
+    let changed = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("\"htop\"", "\"htop\", \"tmux\"");
+    std::fs::write(&base, changed).unwrap();
+    let rebuilt = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    assert_eq!(
+        built_names(&rebuilt),
+        [
+            "db-overlay",
+            "docker-host-overlay",
+            "monitoring-overlay",
+            "netbox-overlay",
+            "vault-overlay"
+        ]
+    );
+}
+
+#[test]
+fn gc_keeps_rooted_paths_and_deletes_the_rest() {
+    let fixture = Fixture::new();
+    let link = fixture.dir.path().join("keep");
+    fixture.ok(&["build", "vault", "-o", link.to_str().unwrap()]);
+    fixture.ok(&["build", "db", "--no-link"]);
+    let vault_path = std::fs::read_link(&link).unwrap();
+    let dry = fixture.ok(&["store", "gc", "--dry-run", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let deleted: Vec<&str> = report["report"]["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        deleted.iter().any(|p| p.ends_with("-db-overlay")),
+        "{deleted:?}"
+    );
+    assert!(
+        !deleted.iter().any(|p| p.ends_with("-vault-overlay")),
+        "{deleted:?}"
+    );
+    assert!(vault_path.exists(), "dry run deleted nothing");
+    fixture.ok(&["store", "gc"]);
+    assert!(vault_path.exists(), "a rooted path was deleted");
+    let ls = fixture.ok(&["store", "ls", "--json"]);
+    let listing = text(&ls.stdout);
+    assert!(
+        listing.contains("-vault-overlay") && !listing.contains("-db-overlay"),
+        "{listing}"
+    );
+    // Remove the link: the root goes stale and the next gc collects the path.
+    std::fs::remove_file(&link).unwrap();
+    fixture.ok(&["store", "gc"]);
+    assert!(!vault_path.exists());
+    let ls = fixture.ok(&["store", "ls", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(json["paths"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn verify_finds_corruption_and_nix_agrees_on_hashes() {
+    let fixture = Fixture::new();
+    let link = fixture.dir.path().join("result");
+    fixture.ok(&["build", "monitoring", "-o", link.to_str().unwrap()]);
+    let info = fixture.ok(&["store", "path-info", link.to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let path = std::fs::read_link(&link).unwrap();
+    // Nix computes the same NAR hash over the same tree.
+    let nix = std::process::Command::new("nix-hash")
+        .args(["--type", "sha256", "--base32"])
+        .arg(&path)
+        .output()
+        .expect("nix-hash from Debian's nix-bin: run scripts/setup.sh");
+    assert!(nix.status.success(), "{}", text(&nix.stderr));
+    assert_eq!(
+        info["nar_hash"],
+        format!("sha256:{}", text(&nix.stdout).trim())
+    );
+
+    // Corrupt one file: verify reports it and exits 1.
+    let motd = path.join("root/etc/motd");
+    set_writable(&motd);
+    std::fs::write(&motd, "tampered\n").unwrap();
+    let verify = fixture.kiln(&["store", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        text(&verify.stderr).contains("CORRUPT"),
+        "{}",
+        text(&verify.stderr)
+    );
+    // --check notices too.
+    let check = fixture.kiln(&["build", "monitoring", "--check"]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stderr).contains("root/etc/motd"),
+        "{}",
+        text(&check.stderr)
+    );
+}
+
+#[test]
+fn check_of_an_intact_build_is_identical() {
+    let fixture = Fixture::new();
+    fixture.ok(&["build", "netbox", "--no-link"]);
+    let check = fixture.ok(&["build", "netbox", "--check"]);
+    assert!(
+        text(&check.stderr).contains("identical to the first build"),
+        "{}",
+        text(&check.stderr)
+    );
+}
+
+fn set_writable(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in file.ancestors().skip(1).take(3) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
