@@ -100,7 +100,7 @@ pub fn needed(store: &Store, plan: &Plan, check: bool) -> Vec<DrvHash> {
         let Some(derivation) = plan.derivations.get(hash) else {
             continue;
         };
-        if store.is_valid(&derivation.output_path()) && !(check && roots.contains(hash)) {
+        if store.is_valid(plan.output(hash)) && !(check && roots.contains(hash)) {
             continue;
         }
         stack.extend(derivation.inputs.values().map(|i| i.drv()));
@@ -108,10 +108,7 @@ pub fn needed(store: &Store, plan: &Plan, check: bool) -> Vec<DrvHash> {
     plan.topological()
         .into_iter()
         .filter(|h| wanted.contains(*h))
-        .filter(|h| {
-            let derivation = &plan.derivations[*h];
-            !store.is_valid(&derivation.output_path()) || (check && roots.contains(h))
-        })
+        .filter(|h| !store.is_valid(plan.output(h)) || (check && roots.contains(h)))
         .cloned()
         .collect()
 }
@@ -177,7 +174,7 @@ pub fn build(
             results.push(Realised {
                 name: derivation.name.clone(),
                 drv: hash.clone(),
-                path: derivation.output_path(),
+                path: plan.output(hash).clone(),
                 status: Status::Valid,
                 seconds: 0.0,
             });
@@ -223,6 +220,7 @@ fn worker(
             store,
             &hash,
             derivation,
+            plan.output(&hash),
             options,
             options.check && is_root,
             progress,
@@ -263,11 +261,11 @@ fn realise(
     store: &Store,
     hash: &DrvHash,
     derivation: &Derivation,
+    path: &StorePath,
     options: &BuildOptions,
     check: bool,
     progress: &dyn Progress,
 ) -> Result<Realised, BuildError> {
-    let path = derivation.output_path();
     let started = Instant::now();
     let finish = |status| Realised {
         name: derivation.name.clone(),
@@ -276,8 +274,8 @@ fn realise(
         status,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let _lock = store.lock(&path)?;
-    if !check && store.is_valid(&path) {
+    let _lock = store.lock(path)?;
+    if !check && store.is_valid(path) {
         // Another process built it while we waited for the lock.
         return Ok(finish(Status::Valid));
     }
@@ -293,7 +291,7 @@ fn realise(
         });
     }
     if check {
-        let differences = run::compare(store, &path, &out)?;
+        let differences = run::compare(store, path, &out)?;
         let status = if differences.is_empty() {
             Status::CheckedSame
         } else {
@@ -306,7 +304,7 @@ fn realise(
         Output::Input => None,
     };
     let candidates = store.closure(derivation.inputs.values().map(|i| i.path().clone()))?;
-    store.register(&path, &out, Some(hash), expected, &candidates)?;
+    store.register(path, &out, Some(hash), expected, &candidates)?;
     store.set_last(&derivation.name, derivation)?;
     Ok(finish(Status::Built))
 }

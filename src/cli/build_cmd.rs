@@ -119,7 +119,10 @@ pub(super) fn build(
     args: &BuildArgs,
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
-    let plan = match ops::build::plan(evaluator, &args.targets, args.all) {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let plan = match ops::build::plan(evaluator, &args.targets, args.all, jobs) {
         Ok(plan) => plan,
         Err(failure) => {
             for diagnostic in failure.diagnostics() {
@@ -140,7 +143,7 @@ pub(super) fn build(
             };
             printer.line(&format!(
                 "would {verb} {}",
-                store.real_path(&derivation.output_path()).display()
+                store.real_path(plan.output(hash)).display()
             ))?;
             if args.explain {
                 for reason in build::explain(store, derivation) {
@@ -199,7 +202,7 @@ pub(super) fn build(
                 (None, false) => PathBuf::from("result"),
                 (None, true) => PathBuf::from(format!("result-{target}")),
             };
-            store.add_result_link(&link, &plan.derivations[hash].output_path())?;
+            store.add_result_link(&link, plan.output(hash))?;
         }
     }
     let mut failed_check = false;
@@ -224,12 +227,7 @@ pub(super) fn build(
         printer.json(&serde_json::json!({ "kind": "build", "version": 1, "results": results }))?;
     } else {
         for (_, hash) in &plan.roots {
-            printer.line(
-                &store
-                    .real_path(&plan.derivations[hash].output_path())
-                    .display()
-                    .to_string(),
-            )?;
+            printer.line(&store.real_path(plan.output(hash)).display().to_string())?;
         }
     }
     Ok(if failed_check {
@@ -245,7 +243,7 @@ pub(super) fn show_derivation(
     json: bool,
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
-    let plan = match ops::build::plan(evaluator, std::slice::from_ref(target), false) {
+    let plan = match ops::build::plan(evaluator, std::slice::from_ref(target), false, 1) {
         Ok(plan) => plan,
         Err(failure) => {
             for diagnostic in failure.diagnostics() {
@@ -260,7 +258,7 @@ pub(super) fn show_derivation(
     if json {
         printer.json(&serde_json::json!({
             "kind": "derivation", "version": 1, "hash": hash,
-            "output": derivation.output_path(), "derivation": derivation,
+            "output": plan.output(hash), "derivation": derivation,
         }))?;
     } else {
         printer.stdout(&derivation.canonical())?;

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use super::{EvalFailure, Target};
-use crate::config::DocKind;
 use crate::config::diagnostic::Diagnostic;
+use crate::config::{DocId, DocKind};
 use crate::eval::Evaluator;
+use crate::eval::spec::HostSpec;
 use crate::plan::{Plan, PlanError};
 use crate::store::nar;
 use crate::suggest::did_you_mean;
@@ -64,8 +65,14 @@ impl PlanFailure {
     }
 }
 
-/// Evaluate the targets (every host with `all`) and plan their derivations.
-pub fn plan(evaluator: &Evaluator, targets: &[Target], all: bool) -> Result<Plan, PlanFailure> {
+/// Evaluate the targets (every host with `all`) and plan their derivations,
+/// evaluating up to `jobs` hosts at once.
+pub fn plan(
+    evaluator: &Evaluator,
+    targets: &[Target],
+    all: bool,
+    jobs: usize,
+) -> Result<Plan, PlanFailure> {
     let repo = &evaluator.repo;
     let mut hosts = Vec::new();
     if all {
@@ -88,12 +95,24 @@ pub fn plan(evaluator: &Evaluator, targets: &[Target], all: bool) -> Result<Plan
     if hosts.is_empty() {
         return Err(PlanFailure::NoTargets);
     }
+    let mut specs = Vec::with_capacity(hosts.len());
+    let mut problems = Vec::new();
+    for result in evaluate_hosts(evaluator, &hosts, jobs) {
+        match result {
+            Ok(spec) => specs.push(spec),
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
+    if !problems.is_empty() {
+        let mut all = crate::config::Diagnostics::default();
+        all.extend(problems);
+        return Err(PlanFailure::Eval(EvalFailure::Invalid(
+            all.finish(&repo.sources),
+        )));
+    }
     let mut plan = Plan::default();
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
-    for id in hosts {
-        let spec = evaluator
-            .host(id)
-            .map_err(|d| PlanFailure::Eval(EvalFailure::Invalid(d)))?;
+    for spec in specs {
         for file in spec.config.files.values() {
             let Some(source) = &file.source else { continue };
             if hashes.contains_key(source) {
@@ -108,4 +127,33 @@ pub fn plan(evaluator: &Evaluator, targets: &[Target], all: bool) -> Result<Plan
         plan.add_host(&spec, &hashes).map_err(PlanFailure::Plan)?;
     }
     Ok(plan)
+}
+
+/// Evaluate hosts on up to `jobs` threads; results in the order given.
+fn evaluate_hosts(
+    evaluator: &Evaluator,
+    hosts: &[DocId],
+    jobs: usize,
+) -> Vec<crate::eval::Evaluation<HostSpec>> {
+    let jobs = jobs.clamp(1, hosts.len().max(1));
+    if jobs == 1 {
+        return hosts.iter().map(|id| evaluator.host(*id)).collect();
+    }
+    let chunk = hosts.len().div_ceil(jobs);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|ids| {
+                scope.spawn(move || ids.iter().map(|id| evaluator.host(*id)).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| match worker.join() {
+                Ok(results) => results,
+                // A panic is a bug: let it surface as one, not as a wrong result.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
 }

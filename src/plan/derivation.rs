@@ -190,15 +190,6 @@ impl Derivation {
         DrvHash::of(self.canonical().as_bytes())
     }
 
-    /// Where the output goes.
-    pub fn output_path(&self) -> StorePath {
-        let path = match &self.output {
-            Output::Input => StorePath::for_derivation(self.hash().as_str(), &self.name),
-            Output::Fixed { nar_sha256 } => StorePath::for_content(nar_sha256, &self.name),
-        };
-        path.expect("derivation names are validated when planned")
-    }
-
     pub fn is_fixed_output(&self) -> bool {
         matches!(self.output, Output::Fixed { .. })
     }

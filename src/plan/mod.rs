@@ -48,6 +48,9 @@ pub struct Plan {
     pub derivations: BTreeMap<DrvHash, Derivation>,
     /// `(target, derivation)`: what the user asked to build.
     pub roots: Vec<(String, DrvHash)>,
+    /// Each derivation's output path (computed once: it hashes the
+    /// derivation's canonical bytes).
+    outputs: BTreeMap<DrvHash, StorePath>,
 }
 
 impl Plan {
@@ -62,7 +65,13 @@ impl Plan {
             reason: error.to_string(),
         })?;
         self.derivations.insert(hash.clone(), derivation);
+        self.outputs.insert(hash.clone(), path.clone());
         Ok((hash, path))
+    }
+
+    /// The output path of a derivation in the plan.
+    pub fn output(&self, hash: &DrvHash) -> &StorePath {
+        &self.outputs[hash]
     }
 
     /// Add a host: its overlay and the repo files it copies.
