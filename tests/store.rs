@@ -250,3 +250,70 @@ fn set_writable(file: &Path) {
     }
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
+
+#[test]
+fn builders_get_a_cleared_environment_and_no_network() {
+    use kiln::build::sandbox::{Isolation, command};
+    let home = tempfile::tempdir().unwrap();
+    let env = std::collections::BTreeMap::from([(
+        "SOURCE_DATE_EPOCH".to_owned(),
+        "315532800".to_owned(),
+    )]);
+    // The test process's own environment (CARGO_*, …) must not reach the builder.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let output = command(Path::new("/bin/sh"), false, &env, home.path())
+        .args(["-c", "env | sort; echo ---; cat /proc/net/dev"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let out = text(&output.stdout);
+    let (env_part, net_part) = out.split_once("---").unwrap();
+    let names: Vec<&str> = env_part
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for expected in ["HOME", "LC_ALL", "PATH", "SOURCE_DATE_EPOCH", "TZ"] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    // Only what the sandbox sets (the shell adds PWD/SHLVL/_ itself).
+    for name in &names {
+        assert!(
+            [
+                "HOME",
+                "LC_ALL",
+                "PATH",
+                "SOURCE_DATE_EPOCH",
+                "TZ",
+                "PWD",
+                "SHLVL",
+                "_"
+            ]
+            .contains(name),
+            "unexpected variable {name}"
+        );
+    }
+    match Isolation::detect() {
+        Isolation::Unavailable(reason) => {
+            eprintln!(
+                "NOTICE: no network isolation on this machine ({reason}); only the environment was checked"
+            );
+        }
+        _ => {
+            let interfaces: Vec<&str> = net_part
+                .trim_start()
+                .lines()
+                .skip(2)
+                .filter_map(|l| l.split(':').next())
+                .map(str::trim)
+                .collect();
+            assert_eq!(
+                interfaces,
+                ["lo"],
+                "a builder sees network interfaces: {net_part}"
+            );
+        }
+    }
+}

@@ -83,6 +83,8 @@ pub struct Realised {
 
 /// Progress reports; the CLI draws them.
 pub trait Progress: Sync {
+    /// How many derivations this run will build.
+    fn planned(&self, total: usize);
     fn started(&self, name: &str);
     fn finished(&self, realised: &Realised);
 }
@@ -132,6 +134,7 @@ pub fn build(
 ) -> Result<Vec<Realised>, BuildError> {
     let _gc = store.gc_lock(false)?;
     let todo: BTreeSet<DrvHash> = needed(store, plan, options.check).into_iter().collect();
+    progress.planned(todo.len());
     let mut waiting = BTreeMap::new();
     let mut ready = VecDeque::new();
     for hash in &todo {

@@ -75,21 +75,67 @@ pub enum StoreCommand {
     },
 }
 
-/// Lines on stderr, one per start and finish (nothing with -q).
-struct Lines<'a> {
+/// Build progress on stderr. On a terminal: finished builds scroll by
+/// above one redrawn status line (`[3/36] building a, b`). Otherwise one
+/// line per start and finish. Nothing with -q.
+struct BuildProgress<'a> {
     printer: &'a Printer,
     store: &'a Path,
-    lock: Mutex<()>,
+    live: bool,
+    state: Mutex<LiveState>,
 }
 
-impl Progress for Lines<'_> {
+#[derive(Default)]
+struct LiveState {
+    total: usize,
+    done: usize,
+    running: Vec<String>,
+}
+
+impl BuildProgress<'_> {
+    fn redraw(&self, state: &LiveState) {
+        if !self.live {
+            return;
+        }
+        let mut line = format!(
+            "[{}/{}] building {}",
+            state.done,
+            state.total,
+            state.running.join(", ")
+        );
+        if line.chars().count() > 100 {
+            line = line.chars().take(99).collect::<String>() + "…";
+        }
+        self.printer.raw_stderr(&format!("\r\x1b[2K{line}"));
+    }
+
+    fn clear(&self) {
+        if self.live {
+            self.printer.raw_stderr("\r\x1b[2K");
+        }
+    }
+}
+
+impl Progress for BuildProgress<'_> {
+    fn planned(&self, total: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.total = total;
+    }
+
     fn started(&self, name: &str) {
-        let _guard = self.lock.lock();
-        self.printer.status(&format!("building {name}"));
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.running.push(name.to_owned());
+        if self.live {
+            self.redraw(&state);
+        } else {
+            self.printer.status(&format!("building {name}"));
+        }
     }
 
     fn finished(&self, realised: &Realised) {
-        let _guard = self.lock.lock();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.running.retain(|n| *n != realised.name);
+        state.done += 1;
         let path = self.store.join(realised.path.to_string());
         let line = match &realised.status {
             Status::Valid => format!("{} is valid (built by another process)", realised.name),
@@ -109,7 +155,11 @@ impl Progress for Lines<'_> {
                 if differences.len() == 1 { "" } else { "s" }
             ),
         };
+        self.clear();
         self.printer.status(&line);
+        if !state.running.is_empty() {
+            self.redraw(&state);
+        }
     }
 }
 
@@ -172,10 +222,11 @@ pub(super) fn build(
             "warning: builders run WITHOUT network isolation: {reason}"
         ));
     }
-    let progress = Lines {
+    let progress = BuildProgress {
         printer,
         store: store.root(),
-        lock: Mutex::new(()),
+        live: printer.interactive(),
+        state: Mutex::new(LiveState::default()),
     };
     let results = match build::build(store, &plan, &options, &progress) {
         Ok(results) => results,

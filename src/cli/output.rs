@@ -14,6 +14,8 @@ pub(super) struct Printer {
     format: MessageFormat,
     color: bool,
     quiet: bool,
+    /// stderr is a terminal: progress may redraw a line.
+    terminal: bool,
 }
 
 impl Printer {
@@ -22,6 +24,7 @@ impl Printer {
             format,
             color,
             quiet,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
     }
 
@@ -41,6 +44,18 @@ impl Printer {
         if !self.quiet {
             self.stderr_line(text);
         }
+    }
+
+    /// Whether progress can be drawn live (a terminal, and not --quiet).
+    pub(super) fn interactive(&self) -> bool {
+        self.terminal && !self.quiet && self.format == MessageFormat::Human
+    }
+
+    /// Text on stderr as is (control sequences for live progress).
+    pub(super) fn raw_stderr(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text.as_bytes());
+        let _ = err.flush();
     }
 
     /// A result line on stdout.
