@@ -252,6 +252,7 @@ fn set_writable(file: &Path) {
 }
 
 #[test]
+#[expect(clippy::print_stderr, reason = "a skipped check must say so loudly")]
 fn builders_get_a_cleared_environment_and_no_network() {
     use kiln::build::sandbox::{Isolation, command};
     let home = tempfile::tempdir().unwrap();
