@@ -163,6 +163,24 @@ impl Progress for BuildProgress<'_> {
     }
 }
 
+/// The plan, or `None` after printing why there is none.
+fn report_failure(
+    evaluator: &Evaluator,
+    printer: &Printer,
+    plan: Result<crate::plan::Plan, ops::build::PlanFailure>,
+) -> Option<crate::plan::Plan> {
+    match plan {
+        Ok(plan) => Some(plan),
+        Err(failure) => {
+            for diagnostic in failure.diagnostics() {
+                printer.diagnostic(diagnostic, &evaluator.repo.sources);
+            }
+            printer.fatal(&failure.to_string());
+            None
+        }
+    }
+}
+
 pub(super) fn build(
     evaluator: &Evaluator,
     store: &Store,
@@ -172,15 +190,12 @@ pub(super) fn build(
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let plan = match ops::build::plan(evaluator, &args.targets, args.all, jobs) {
-        Ok(plan) => plan,
-        Err(failure) => {
-            for diagnostic in failure.diagnostics() {
-                printer.diagnostic(diagnostic, &evaluator.repo.sources);
-            }
-            printer.fatal(&failure.to_string());
-            return Ok(ExitCode::from(1));
-        }
+    let Some(plan) = report_failure(
+        evaluator,
+        printer,
+        ops::build::plan(evaluator, &args.targets, args.all, jobs),
+    ) else {
+        return Ok(ExitCode::from(1));
     };
     let needed = build::needed(store, &plan, args.check);
     if args.dry_run || args.explain {
@@ -294,15 +309,9 @@ pub(super) fn show_derivation(
     json: bool,
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
-    let plan = match ops::build::plan(evaluator, std::slice::from_ref(target), false, 1) {
-        Ok(plan) => plan,
-        Err(failure) => {
-            for diagnostic in failure.diagnostics() {
-                printer.diagnostic(diagnostic, &evaluator.repo.sources);
-            }
-            printer.fatal(&failure.to_string());
-            return Ok(ExitCode::from(1));
-        }
+    let plan = ops::build::plan(evaluator, std::slice::from_ref(target), false, 1);
+    let Some(plan) = report_failure(evaluator, printer, plan) else {
+        return Ok(ExitCode::from(1));
     };
     let (_, hash) = &plan.roots[0];
     let derivation = &plan.derivations[hash];

@@ -101,6 +101,21 @@ impl Record {
     }
 }
 
+/// Parse a validity record, refusing versions this kiln does not know.
+fn read_record(file: &Path, bytes: &[u8]) -> Result<Record, StoreError> {
+    let record: Record = serde_json::from_slice(bytes).map_err(|e| StoreError::BadRecord {
+        path: file.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if record.version != 1 {
+        return Err(StoreError::BadRecord {
+            path: file.to_path_buf(),
+            reason: format!("unsupported record version {}", record.version),
+        });
+    }
+    Ok(record)
+}
+
 /// An open store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -192,27 +207,14 @@ impl Store {
 
     pub fn record(&self, path: &StorePath) -> Result<Option<Record>, StoreError> {
         let file = self.record_file(path);
-        let bytes = match fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: file,
-                    source: e,
-                });
-            }
-        };
-        let record: Record = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadRecord {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        if record.version != 1 {
-            return Err(StoreError::BadRecord {
+        match fs::read(&file) {
+            Ok(bytes) => read_record(&file, &bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
                 path: file,
-                reason: format!("unsupported record version {}", record.version),
-            });
+                source: e,
+            }),
         }
-        Ok(Some(record))
     }
 
     /// Every valid path's record, in path order.
@@ -222,16 +224,12 @@ impl Store {
         for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
             let entry = entry.map_err(io_error(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Skip write_atomic's temp files.
             if !name.ends_with(".json") || name.starts_with('.') {
                 continue;
             }
             let bytes = fs::read(entry.path()).map_err(io_error(&entry.path()))?;
-            let record: Record =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::BadRecord {
-                    path: entry.path(),
-                    reason: e.to_string(),
-                })?;
-            records.push(record);
+            records.push(read_record(&entry.path(), &bytes)?);
         }
         records.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(records)
@@ -545,8 +543,11 @@ impl Store {
             dry_run,
             ..GcReport::default()
         };
-        for record in self.records()? {
+        let records = self.records()?;
+        let mut kept = BTreeSet::new();
+        for record in records {
             if live.contains(&record.path) {
+                kept.insert(record.path.to_string());
                 continue;
             }
             let real = self.real_path(&record.path);
@@ -561,15 +562,13 @@ impl Store {
             }
             report.deleted.push(record.path);
         }
-        let registered: BTreeSet<String> =
-            self.records()?.iter().map(|r| r.path.to_string()).collect();
+        // Everything else in the store is an unregistered leftover (the
+        // paths just deleted are handled, so are skipped in a dry run).
+        let deleted: BTreeSet<String> = report.deleted.iter().map(StorePath::to_string).collect();
         for entry in fs::read_dir(&self.root).map_err(io_error(&self.root))? {
             let entry = entry.map_err(io_error(&self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == ".kiln"
-                || registered.contains(&name)
-                || report.deleted.iter().any(|d| d.to_string() == name)
-            {
+            if name == ".kiln" || kept.contains(&name) || deleted.contains(&name) {
                 continue;
             }
             report.bytes_freed += tree_size(&entry.path());
