@@ -18,6 +18,10 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# A real OCI registry (Debian's docker-registry), skopeo and a token server's
+# dependencies, for the lock tests that resolve tags on loopback.
+"$(dirname "$0")/setup-oci.sh"
+
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
   exit 1

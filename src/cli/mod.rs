@@ -86,6 +86,23 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Pin every external input in lockfile.toml (Debian package sets,
+    /// container image digests, downloaded files).
+    Lock {
+        /// Re-resolve these inputs (ids as in lockfile.toml); all of them
+        /// when none are named.
+        #[arg(long, value_name = "INPUT", num_args = 0..)]
+        update: Option<Vec<String>>,
+        /// Fail if lockfile.toml does not match the configuration (for CI;
+        /// touches no network).
+        #[arg(long, conflicts_with = "update")]
+        locked: bool,
+        /// Say what is missing, changed or stale, and change nothing.
+        #[arg(long, conflicts_with_all = ["update", "locked"])]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Build targets into the store (hosts: their overlay).
     Build(build_cmd::BuildArgs),
     /// Print the derivation of a target: the exact bytes that are hashed.
@@ -231,6 +248,19 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lock {
+            update,
+            locked,
+            dry_run,
+            json,
+        } => lock_command(
+            &evaluator,
+            update.as_ref(),
+            *locked,
+            *dry_run,
+            *json,
+            printer,
+        ),
         Command::Build(args) => {
             let store = crate::store::Store::open(&store_location(cli))?;
             build_cmd::build(&evaluator, &store, args, printer)
@@ -239,6 +269,101 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             build_cmd::show_derivation(&evaluator, target, *json, printer)
         }
         Command::Store(_) | Command::InternalBuild { .. } => unreachable!("handled above"),
+    }
+}
+
+fn lock_command(
+    evaluator: &crate::eval::Evaluator,
+    update: Option<&Vec<String>>,
+    locked: bool,
+    dry_run: bool,
+    json: bool,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    use crate::ops::lock::{LockError, NetworkResolvers, Update};
+    let sources = &evaluator.repo.sources;
+    let path = evaluator.repo.root.join("lockfile.toml");
+    let wanted = match crate::ops::lock::wanted_inputs(evaluator) {
+        Ok(wanted) => wanted,
+        Err(LockError::Invalid(diagnostics)) => {
+            for diagnostic in &diagnostics {
+                printer.diagnostic(diagnostic, sources);
+            }
+            printer.error_count(diagnostics.len(), sources, &diagnostics);
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if dry_run {
+        let lock = crate::ops::lock::read(&path)?;
+        let status = crate::lock::inputs::status(&lock, &wanted);
+        if json {
+            let ids = |items: &[(&str, String)]| {
+                items
+                    .iter()
+                    .map(|(k, i)| format!("{k}:{i}"))
+                    .collect::<Vec<_>>()
+            };
+            printer.json(&serde_json::json!({
+                "kind": "lock-status", "version": 1, "up_to_date": status.up_to_date(),
+                "missing": ids(&status.missing), "changed": ids(&status.changed), "stale": ids(&status.stale),
+            }))?;
+        } else if status.up_to_date() {
+            printer.status("lockfile.toml pins every input as configured");
+        } else {
+            printer.line(&crate::ops::lock::describe(&status))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let update = match update {
+        None => Update::Missing,
+        Some(ids) if ids.is_empty() => Update::All,
+        Some(ids) => Update::Some(ids.clone()),
+    };
+    let insecure = std::env::var("KILN_INSECURE_REGISTRIES").unwrap_or_default();
+    let resolvers = NetworkResolvers::new(
+        crate::lock::oci::ResolverOptions {
+            insecure_registries: insecure
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            ..crate::lock::oci::ResolverOptions::default()
+        },
+        crate::fetch::FetchOptions::default(),
+    );
+    match crate::ops::lock::lock(&wanted, &path, &update, locked, &resolvers) {
+        Ok(report) => {
+            if json {
+                printer
+                    .json(&serde_json::json!({ "kind": "lock", "version": 1, "report": report }))?;
+            } else {
+                for change in &report.changes {
+                    printer.status(&format!(
+                        "{} {} `{}`",
+                        change.action, change.kind, change.id
+                    ));
+                    for detail in &change.details {
+                        printer.status(&format!("    {detail}"));
+                    }
+                }
+                for failure in &report.failures {
+                    printer.fatal(&format!(
+                        "cannot resolve {} `{}`: {}",
+                        failure.kind, failure.id, failure.reason
+                    ));
+                }
+                if report.changes.is_empty() && report.failures.is_empty() {
+                    printer.status("lockfile.toml is up to date");
+                }
+            }
+            Ok(exit(report.failures.is_empty()))
+        }
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! One library operation per command. Each returns data; the CLI prints it.
 
 pub mod build;
+pub mod lock;
 pub mod options_doc;
 
 use std::path::{Path, PathBuf};

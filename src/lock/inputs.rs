@@ -1,0 +1,156 @@
+//! Which external inputs the configuration asks for, and whether the
+//! lockfile pins each of them as asked.
+//!
+//! | input id | kind | from |
+//! |---|---|---|
+//! | `image:NAME` | `debian` | an image with `base.debian`: its suite, mirror, components, variant and `packages` |
+//! | `image:NAME` | `url` | an image with `base.url` |
+//! | the reference as written (`traefik:v3.1`) | `oci` | every `services.*.image` of every stack |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::file::Lockfile;
+use crate::eval::spec::{ImageBase, ImageSpec, StackSpec};
+
+/// One input the configuration needs pinned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    Debian {
+        suite: String,
+        architecture: String,
+        mirror: String,
+        components: Vec<String>,
+        variant: String,
+        /// Sorted, without duplicates.
+        packages: Vec<String>,
+    },
+    Oci {
+        reference: String,
+    },
+    Url {
+        urls: Vec<String>,
+    },
+}
+
+impl Wanted {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Wanted::Debian { .. } => "debian",
+            Wanted::Oci { .. } => "oci",
+            Wanted::Url { .. } => "url",
+        }
+    }
+}
+
+/// `(kind, id)` → what is wanted, from the evaluated images and stacks.
+pub fn wanted(
+    images: &[ImageSpec],
+    stacks: &[StackSpec],
+) -> BTreeMap<(&'static str, String), Wanted> {
+    let mut inputs = BTreeMap::new();
+    for image in images {
+        let id = format!("image:{}", image.name);
+        let wanted = match &image.base {
+            ImageBase::Debian {
+                suite,
+                mirror,
+                components,
+                variant,
+            } => Wanted::Debian {
+                suite: suite.clone(),
+                architecture: image.arch.clone(),
+                mirror: mirror.clone(),
+                components: components.clone(),
+                variant: variant.clone(),
+                packages: image
+                    .config
+                    .packages
+                    .iter()
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            },
+            ImageBase::Url { url, .. } => Wanted::Url {
+                urls: vec![url.clone()],
+            },
+            // Extending another image adds no input of its own.
+            ImageBase::Image(_) => continue,
+        };
+        inputs.insert((wanted.kind(), id), wanted);
+    }
+    for stack in stacks {
+        let Some(services) = stack.model.get("services").and_then(|s| s.as_object()) else {
+            continue;
+        };
+        for service in services.values() {
+            if let Some(reference) = service.get("image").and_then(|i| i.as_str()) {
+                let wanted = Wanted::Oci {
+                    reference: reference.to_owned(),
+                };
+                inputs.insert((wanted.kind(), reference.to_owned()), wanted);
+            }
+        }
+    }
+    inputs
+}
+
+/// How the lockfile stands against what is wanted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LockStatus {
+    /// Wanted, not in the lockfile.
+    pub missing: Vec<(&'static str, String)>,
+    /// In the lockfile, but pinned for other parameters (a package added, a mirror changed).
+    pub changed: Vec<(&'static str, String)>,
+    /// In the lockfile, no longer wanted.
+    pub stale: Vec<(&'static str, String)>,
+}
+
+impl LockStatus {
+    pub fn up_to_date(&self) -> bool {
+        self.missing.is_empty() && self.changed.is_empty() && self.stale.is_empty()
+    }
+}
+
+/// Compare the lockfile with what is wanted.
+pub fn status(lock: &Lockfile, wanted: &BTreeMap<(&'static str, String), Wanted>) -> LockStatus {
+    let mut status = LockStatus::default();
+    for ((kind, id), want) in wanted {
+        let pinned_as_wanted = match want {
+            Wanted::Debian {
+                suite,
+                architecture,
+                mirror,
+                components,
+                variant,
+                packages,
+            } => lock.debian.get(id).map(|e| {
+                e.suite == *suite
+                    && e.architecture == *architecture
+                    && e.mirror == *mirror
+                    && e.components == *components
+                    && e.variant == *variant
+                    && e.requested == *packages
+            }),
+            Wanted::Oci { .. } => lock.oci.get(id).map(|_| true),
+            Wanted::Url { urls } => lock.url.get(id).map(|e| e.urls == *urls),
+        };
+        match pinned_as_wanted {
+            None => status.missing.push((kind, id.clone())),
+            Some(false) => status.changed.push((kind, id.clone())),
+            Some(true) => {}
+        }
+    }
+    let locked = lock
+        .debian
+        .keys()
+        .map(|id| ("debian", id))
+        .chain(lock.oci.keys().map(|id| ("oci", id)))
+        .chain(lock.url.keys().map(|id| ("url", id)));
+    for (kind, id) in locked {
+        if !wanted.contains_key(&(kind, id.clone())) {
+            status.stale.push((kind, id.clone()));
+        }
+    }
+    status
+}
