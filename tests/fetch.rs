@@ -879,7 +879,8 @@ fn silent_server_times_out_before_headers() {
     let dest = dir.path().join("hang");
     let fetcher = Fetcher::new(FetchOptions {
         retries: 0,
-        connect_timeout: Duration::from_millis(100),
+        // Generous for a loopback connect, so it is the answer that times out.
+        connect_timeout: Duration::from_millis(500),
         read_timeout: Duration::from_millis(100),
         ..options()
     })
@@ -891,7 +892,7 @@ fn silent_server_times_out_before_headers() {
     let message = error.to_string();
     assert_eq!(
         message,
-        format!("{url}: timed out waiting for an answer (none for 0.2s)")
+        format!("{url}: timed out waiting for an answer (none for 0.6s)")
     );
     assert_nothing_written(&dest);
 }
@@ -950,6 +951,30 @@ fn all_mirrors_failing_lists_each() {
             "all 2 mirrors failed: {first}: 503 Service Unavailable after 2 attempts; \
              {closed}: connection refused after 2 attempts"
         )
+    );
+    assert_nothing_written(&dest);
+}
+
+#[test]
+fn tls_failure_is_not_retried() {
+    // TLS to a plain-HTTP port: the handshake fails the same way every time.
+    let server = Server::start();
+    let url = server.url("/tls").replace("http://", "https://");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("tls");
+
+    let error = fetcher()
+        .fetch(&request(&[&url], b"x", &dest), &NoProgress)
+        .unwrap_err();
+    assert!(
+        matches!(&error, FetchError::Transfer { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{url}: cannot connect: ")),
+        "{error}"
     );
     assert_nothing_written(&dest);
 }

@@ -405,8 +405,12 @@ fn io_kind(error: &reqwest::Error) -> Option<io::ErrorKind> {
     let mut kind = None;
     let mut current = error.source();
     while let Some(source) = current {
-        if let Some(io) = source.downcast_ref::<io::Error>() {
-            kind = Some(io.kind());
+        // An io::Error wrapping another (reqwest wraps the TLS layer's
+        // InvalidData in an Other) hides it from `source()`: unwrap by hand.
+        let mut io = source.downcast_ref::<io::Error>();
+        while let Some(error) = io {
+            kind = Some(error.kind());
+            io = error.get_ref().and_then(|inner| inner.downcast_ref());
         }
         current = source.source();
     }
