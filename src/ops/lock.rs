@@ -333,8 +333,10 @@ fn debian_change(id: &str, old: Option<&DebianEntry>, new: &DebianEntry) -> Chan
 pub struct NetworkResolvers {
     oci: crate::lock::oci::ResolverOptions,
     fetch: crate::fetch::FetchOptions,
-    /// Made on first use and reused: it sets up TLS roots (~0.1 s).
+    /// Made on first use and reused: each sets up a runtime and TLS roots
+    /// (~0.1 s), and reusing the fetcher reuses connections.
     resolver: std::sync::OnceLock<Result<crate::lock::oci::Resolver, String>>,
+    fetcher: std::sync::OnceLock<Result<crate::fetch::Fetcher, String>>,
 }
 
 impl NetworkResolvers {
@@ -346,6 +348,7 @@ impl NetworkResolvers {
             oci,
             fetch,
             resolver: std::sync::OnceLock::new(),
+            fetcher: std::sync::OnceLock::new(),
         }
     }
 }
@@ -419,7 +422,13 @@ impl Resolvers for NetworkResolvers {
         // Download once to learn the hash; the bytes are fetched again (and
         // checked against it) when a build needs them.
         let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let fetcher = crate::fetch::Fetcher::new(self.fetch.clone()).map_err(|e| e.to_string())?;
+        let fetcher = self
+            .fetcher
+            .get_or_init(|| {
+                crate::fetch::Fetcher::new(self.fetch.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
         let request = crate::fetch::FetchRequest {
             urls: urls.to_vec(),
             sha256: None,
