@@ -40,37 +40,22 @@ fn hex(seed: &str, day: u8) -> String {
 impl Resolvers for Stand {
     fn debian(&self, id: &str, wanted: &Wanted) -> Result<DebianEntry, String> {
         self.calls.borrow_mut().push(format!("debian {id}"));
-        let Wanted::Debian {
-            suite,
-            architecture,
-            mirror,
-            components,
-            variant,
-            packages,
-        } = wanted
-        else {
+        let Wanted::Debian(set) = wanted else {
             return Err("not debian".into());
         };
-        Ok(DebianEntry {
-            suite: suite.clone(),
-            architecture: architecture.clone(),
-            mirror: mirror.clone(),
-            components: components.clone(),
-            variant: variant.clone(),
-            requested: packages.clone(),
-            release_date: None,
-            packages: packages
-                .iter()
-                .map(|name| DebianPackage {
-                    name: name.clone(),
-                    version: format!("1.{}", self.day),
-                    architecture: architecture.clone(),
-                    filename: format!("pool/main/{name}_1.{}.deb", self.day),
-                    sha256: hex(name, self.day),
-                    size: 1000,
-                })
-                .collect(),
-        })
+        let packages = set
+            .packages
+            .iter()
+            .map(|name| DebianPackage {
+                name: name.clone(),
+                version: format!("1.{}", self.day),
+                architecture: set.architecture.clone(),
+                filename: format!("pool/main/{name}_1.{}.deb", self.day),
+                sha256: hex(name, self.day),
+                size: 1000,
+            })
+            .collect();
+        Ok(set.entry(None, packages))
     }
 
     fn oci(&self, id: &str, reference: &str) -> Result<OciEntry, String> {

@@ -12,30 +12,60 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::file::Lockfile;
 use crate::eval::spec::{ImageBase, ImageSpec, StackSpec};
 
+/// What a Debian package set is resolved from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebianSet {
+    pub suite: String,
+    pub architecture: String,
+    pub mirror: String,
+    pub components: Vec<String>,
+    pub variant: String,
+    /// Sorted, without duplicates.
+    pub packages: Vec<String>,
+}
+
+impl DebianSet {
+    /// Whether a lock entry was resolved from exactly these parameters.
+    pub fn matches(&self, entry: &super::DebianEntry) -> bool {
+        entry.suite == self.suite
+            && entry.architecture == self.architecture
+            && entry.mirror == self.mirror
+            && entry.components == self.components
+            && entry.variant == self.variant
+            && entry.requested == self.packages
+    }
+
+    /// A lock entry for this set and its resolved closure.
+    pub fn entry(
+        &self,
+        release_date: Option<String>,
+        packages: Vec<super::DebianPackage>,
+    ) -> super::DebianEntry {
+        super::DebianEntry {
+            suite: self.suite.clone(),
+            architecture: self.architecture.clone(),
+            mirror: self.mirror.clone(),
+            components: self.components.clone(),
+            variant: self.variant.clone(),
+            requested: self.packages.clone(),
+            release_date,
+            packages,
+        }
+    }
+}
+
 /// One input the configuration needs pinned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wanted {
-    Debian {
-        suite: String,
-        architecture: String,
-        mirror: String,
-        components: Vec<String>,
-        variant: String,
-        /// Sorted, without duplicates.
-        packages: Vec<String>,
-    },
-    Oci {
-        reference: String,
-    },
-    Url {
-        urls: Vec<String>,
-    },
+    Debian(DebianSet),
+    Oci { reference: String },
+    Url { urls: Vec<String> },
 }
 
 impl Wanted {
     pub fn kind(&self) -> &'static str {
         match self {
-            Wanted::Debian { .. } => "debian",
+            Wanted::Debian(_) => "debian",
             Wanted::Oci { .. } => "oci",
             Wanted::Url { .. } => "url",
         }
@@ -56,7 +86,7 @@ pub fn wanted(
                 mirror,
                 components,
                 variant,
-            } => Wanted::Debian {
+            } => Wanted::Debian(DebianSet {
                 suite: suite.clone(),
                 architecture: image.arch.clone(),
                 mirror: mirror.clone(),
@@ -70,7 +100,7 @@ pub fn wanted(
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect(),
-            },
+            }),
             ImageBase::Url { url, .. } => Wanted::Url {
                 urls: vec![url.clone()],
             },
@@ -117,21 +147,7 @@ pub fn status(lock: &Lockfile, wanted: &BTreeMap<(&'static str, String), Wanted>
     let mut status = LockStatus::default();
     for ((kind, id), want) in wanted {
         let pinned_as_wanted = match want {
-            Wanted::Debian {
-                suite,
-                architecture,
-                mirror,
-                components,
-                variant,
-                packages,
-            } => lock.debian.get(id).map(|e| {
-                e.suite == *suite
-                    && e.architecture == *architecture
-                    && e.mirror == *mirror
-                    && e.components == *components
-                    && e.variant == *variant
-                    && e.requested == *packages
-            }),
+            Wanted::Debian(set) => lock.debian.get(id).map(|e| set.matches(e)),
             Wanted::Oci { .. } => lock.oci.get(id).map(|_| true),
             Wanted::Url { urls } => lock.url.get(id).map(|e| e.urls == *urls),
         };

@@ -184,7 +184,7 @@ pub fn lock(
         if !requested && !needs.contains(&key) {
             // Keep the pin as it is.
             match want {
-                Wanted::Debian { .. } => {
+                Wanted::Debian(_) => {
                     new.debian.insert(id.clone(), old.debian[id].clone());
                 }
                 Wanted::Oci { .. } => {
@@ -199,7 +199,7 @@ pub fn lock(
         // A failure keeps the old pin (if any) and does not stop the others:
         // what could be resolved is written, what could not is reported.
         let outcome = match want {
-            Wanted::Debian { .. } => resolvers.debian(id, want).map(|entry| {
+            Wanted::Debian(_) => resolvers.debian(id, want).map(|entry| {
                 let change = debian_change(id, old.debian.get(id), &entry);
                 new.debian.insert(id.clone(), entry);
                 change
@@ -355,47 +355,31 @@ impl NetworkResolvers {
 
 impl Resolvers for NetworkResolvers {
     fn debian(&self, _id: &str, wanted: &Wanted) -> Result<DebianEntry, String> {
-        let Wanted::Debian {
-            suite,
-            architecture,
-            mirror,
-            components,
-            variant,
-            packages,
-        } = wanted
-        else {
+        let Wanted::Debian(set) = wanted else {
             return Err("not a Debian input".into());
         };
         let request = crate::lock::debian::DebianRequest {
-            suite: suite.clone(),
-            architecture: architecture.clone(),
-            mirror: mirror.clone(),
-            components: components.clone(),
-            variant: variant.clone(),
-            packages: packages.clone(),
+            suite: set.suite.clone(),
+            architecture: set.architecture.clone(),
+            mirror: set.mirror.clone(),
+            components: set.components.clone(),
+            variant: set.variant.clone(),
+            packages: set.packages.clone(),
         };
         let resolution = crate::lock::debian::resolve(&request).map_err(|e| e.to_string())?;
-        Ok(DebianEntry {
-            suite: suite.clone(),
-            architecture: architecture.clone(),
-            mirror: mirror.clone(),
-            components: components.clone(),
-            variant: variant.clone(),
-            requested: packages.clone(),
-            release_date: resolution.release_date,
-            packages: resolution
-                .packages
-                .into_iter()
-                .map(|p| DebianPackage {
-                    name: p.name,
-                    version: p.version,
-                    architecture: p.architecture,
-                    filename: p.filename,
-                    sha256: p.sha256,
-                    size: p.size,
-                })
-                .collect(),
-        })
+        let packages = resolution
+            .packages
+            .into_iter()
+            .map(|p| DebianPackage {
+                name: p.name,
+                version: p.version,
+                architecture: p.architecture,
+                filename: p.filename,
+                sha256: p.sha256,
+                size: p.size,
+            })
+            .collect();
+        Ok(set.entry(resolution.release_date, packages))
     }
 
     fn oci(&self, _id: &str, reference: &str) -> Result<OciEntry, String> {
