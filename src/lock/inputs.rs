@@ -12,18 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::file::Lockfile;
 use crate::eval::spec::{ImageBase, ImageSpec, StackSpec};
 
-/// What a Debian package set is resolved from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DebianSet {
-    pub suite: String,
-    pub architecture: String,
-    pub mirror: String,
-    pub components: Vec<String>,
-    pub variant: String,
-    /// Sorted, without duplicates.
-    pub packages: Vec<String>,
-}
+/// A Debian input is exactly what the resolver is asked for.
+pub use super::debian::DebianRequest as DebianSet;
 
+// Lock bookkeeping for a Debian input (the resolver's request type).
 impl DebianSet {
     /// Whether a lock entry was resolved from exactly these parameters.
     pub fn matches(&self, entry: &super::DebianEntry) -> bool {

@@ -358,15 +358,7 @@ impl Resolvers for NetworkResolvers {
         let Wanted::Debian(set) = wanted else {
             return Err("not a Debian input".into());
         };
-        let request = crate::lock::debian::DebianRequest {
-            suite: set.suite.clone(),
-            architecture: set.architecture.clone(),
-            mirror: set.mirror.clone(),
-            components: set.components.clone(),
-            variant: set.variant.clone(),
-            packages: set.packages.clone(),
-        };
-        let resolution = crate::lock::debian::resolve(&request).map_err(|e| e.to_string())?;
+        let resolution = crate::lock::debian::resolve(set).map_err(|e| e.to_string())?;
         let packages = resolution
             .packages
             .into_iter()
