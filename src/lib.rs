@@ -21,7 +21,7 @@
 //! | [`plan`] | derivations, their canonical bytes and hashes, the DAG for targets |
 //! | [`store`] | store paths, Nix base32, NAR hashing, validity records, locks, verify, gc |
 //! | [`build`] | the scheduler, the hermetic builder process, `--explain`, `--check` |
-//! | [`builders`] | one module per builder (`overlay`; `source` is built in) |
+//! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`; `source` is built in) |
 //! | [`ops`] | one function per command, called by the CLI |
 //! | [`cli`] | clap definitions, output formatting, exit codes |
 //!

@@ -22,6 +22,8 @@ use serde::Serialize;
 pub use explain::explain;
 pub use run::{BuilderError, run_builder};
 
+use crate::builders::fetch::BUILDER as FETCH;
+use crate::fetch::{FetchOptions, FetchProgress, Fetcher, NoProgress};
 use crate::plan::{Derivation, DrvHash, Output, Plan};
 use crate::store::path::StorePath;
 use crate::store::{Store, StoreError};
@@ -38,6 +40,9 @@ pub struct BuildOptions {
     pub repo: PathBuf,
     /// The kiln executable that runs builders.
     pub kiln: PathBuf,
+    /// How downloads (fetch derivations) are made; `parallel` bounds how
+    /// many run at once, independently of `jobs`.
+    pub fetch: FetchOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,11 @@ pub enum BuildError {
         name: String,
         reason: String,
         kept: Option<PathBuf>,
+    },
+    #[error("{} download{} failed:\n{}", failures.len(), if failures.len() == 1 { "" } else { "s" }, failures.iter().map(|(name, reason)| format!("  {name}: {reason}")).collect::<Vec<_>>().join("\n"))]
+    Fetch {
+        /// `(name, reason)` for each failed download.
+        failures: Vec<(String, String)>,
     },
     #[error("cannot start the builder for {name}: {source}")]
     Spawn {
@@ -75,6 +85,8 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Realised {
     pub name: String,
+    /// The derivation's builder (`fetch`, `overlay`, …).
+    pub builder: String,
     pub drv: DrvHash,
     pub path: StorePath,
     pub status: Status,
@@ -85,8 +97,13 @@ pub struct Realised {
 pub trait Progress: Sync {
     /// How many derivations this run will build.
     fn planned(&self, total: usize);
-    fn started(&self, name: &str);
+    fn started(&self, derivation: &Derivation);
     fn finished(&self, realised: &Realised);
+    /// Where download progress goes (bytes, rates) while fetch derivations
+    /// run.
+    fn downloads(&self) -> &dyn FetchProgress {
+        &NoProgress
+    }
 }
 
 /// What needs doing: the closure of the roots, minus valid outputs (plus
@@ -133,8 +150,19 @@ pub fn build(
     progress: &dyn Progress,
 ) -> Result<Vec<Realised>, BuildError> {
     let _gc = store.gc_lock(false)?;
-    let todo: BTreeSet<DrvHash> = needed(store, plan, options.check).into_iter().collect();
+    let mut todo: BTreeSet<DrvHash> = needed(store, plan, options.check).into_iter().collect();
     progress.planned(todo.len());
+    // Downloads first, all of them (several at once), then the builders.
+    let fetches: Vec<DrvHash> = todo
+        .iter()
+        .filter(|h| plan.derivations[*h].builder == FETCH)
+        .cloned()
+        .collect();
+    let fetched = fetch_all(store, plan, &fetches, options, progress)?;
+    let needed = todo.clone();
+    for hash in &fetches {
+        todo.remove(hash);
+    }
     let mut waiting = BTreeMap::new();
     let mut ready = VecDeque::new();
     for hash in &todo {
@@ -153,7 +181,7 @@ pub fn build(
         waiting,
         ready,
         running: 0,
-        done: Vec::new(),
+        done: fetched,
         failed: None,
     });
     let wake = Condvar::new();
@@ -172,10 +200,11 @@ pub fn build(
     let mut results = queue.done;
     // Roots that were already valid are reported too.
     for (_, hash) in &plan.roots {
-        if !todo.contains(hash) {
+        if !needed.contains(hash) {
             let derivation = &plan.derivations[hash];
             results.push(Realised {
                 name: derivation.name.clone(),
+                builder: derivation.builder.clone(),
                 drv: hash.clone(),
                 path: plan.output(hash).clone(),
                 status: Status::Valid,
@@ -259,6 +288,119 @@ fn worker(
     }
 }
 
+/// Realise the fetch derivations `hashes`, `options.fetch.parallel` at a
+/// time, through one [`Fetcher`]. Every download is attempted even when
+/// some fail (so a re-run only has the failures left); the error lists
+/// each failure.
+fn fetch_all(
+    store: &Store,
+    plan: &Plan,
+    hashes: &[DrvHash],
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Realised>, BuildError> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fetcher = Fetcher::new(options.fetch.clone()).map_err(|e| BuildError::Fetch {
+        failures: vec![("(fetcher)".into(), e.to_string())],
+    })?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = Mutex::new((Vec::new(), Vec::new()));
+    let roots: BTreeSet<&DrvHash> = plan.roots.iter().map(|(_, h)| h).collect();
+    let workers = options.fetch.parallel.clamp(1, hashes.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Some(hash) =
+                    hashes.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let derivation = &plan.derivations[hash];
+                    let check = options.check && roots.contains(hash);
+                    let result = realise_fetch(
+                        store,
+                        hash,
+                        derivation,
+                        plan.output(hash),
+                        check,
+                        &fetcher,
+                        progress,
+                    );
+                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(realised) => {
+                            progress.finished(&realised);
+                            results.0.push(realised);
+                        }
+                        Err(BuildError::Failed { name, reason, .. }) => {
+                            results.1.push((name, reason))
+                        }
+                        Err(other) => results.1.push((derivation.name.clone(), other.to_string())),
+                    }
+                }
+            });
+        }
+    });
+    let (done, mut failures) = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    if failures.is_empty() {
+        Ok(done)
+    } else {
+        failures.sort();
+        Err(BuildError::Fetch { failures })
+    }
+}
+
+/// Download one fetch derivation's file and register it once verified.
+fn realise_fetch(
+    store: &Store,
+    hash: &DrvHash,
+    derivation: &Derivation,
+    path: &StorePath,
+    check: bool,
+    fetcher: &Fetcher,
+    progress: &dyn Progress,
+) -> Result<Realised, BuildError> {
+    let started = Instant::now();
+    let finish = |status| Realised {
+        name: derivation.name.clone(),
+        builder: derivation.builder.clone(),
+        drv: hash.clone(),
+        path: path.clone(),
+        status,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let failed = |reason: String| BuildError::Failed {
+        name: derivation.name.clone(),
+        reason,
+        kept: None,
+    };
+    let _lock = store.lock(path)?;
+    if !check && store.is_valid(path) {
+        return Ok(finish(Status::Valid));
+    }
+    progress.started(derivation);
+    store.write_derivation(derivation)?;
+    let scratch = store.scratch()?;
+    let out = scratch.path().join("out");
+    let request = crate::builders::fetch::request(derivation, out.clone()).map_err(failed)?;
+    // The fetcher checks size and sha256 while streaming and leaves
+    // nothing at `out` unless both match.
+    fetcher
+        .fetch(&request, progress.downloads())
+        .map_err(|e| failed(e.to_string()))?;
+    if check {
+        let differences = run::compare(store, path, &out)?;
+        return Ok(finish(if differences.is_empty() {
+            Status::CheckedSame
+        } else {
+            Status::CheckedDifferent { differences }
+        }));
+    }
+    store.register(path, &out, Some(hash), None, &BTreeSet::new())?;
+    store.set_last(&derivation.name, derivation)?;
+    Ok(finish(Status::Built))
+}
+
 /// Build one derivation (or find it built by another process).
 fn realise(
     store: &Store,
@@ -272,6 +414,7 @@ fn realise(
     let started = Instant::now();
     let finish = |status| Realised {
         name: derivation.name.clone(),
+        builder: derivation.builder.clone(),
         drv: hash.clone(),
         path: path.clone(),
         status,
@@ -282,7 +425,7 @@ fn realise(
         // Another process built it while we waited for the lock.
         return Ok(finish(Status::Valid));
     }
-    progress.started(&derivation.name);
+    progress.started(derivation);
     store.write_derivation(derivation)?;
     let scratch = store.scratch()?;
     let out = scratch.path().join("out");
@@ -305,6 +448,17 @@ fn realise(
     let expected = match &derivation.output {
         Output::Fixed { nar_sha256 } => Some(nar_sha256.as_str()),
         Output::Input => None,
+        // Only the fetch builder makes these, and it verifies them itself.
+        Output::FixedFlat { .. } => {
+            return Err(BuildError::Failed {
+                name: derivation.name.clone(),
+                reason: format!(
+                    "builder `{}` cannot produce a flat fixed output",
+                    derivation.builder
+                ),
+                kept: None,
+            });
+        }
     };
     let candidates = store.closure(derivation.inputs.values().map(|i| i.path().clone()))?;
     store.register(path, &out, Some(hash), expected, &candidates)?;

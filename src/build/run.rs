@@ -150,7 +150,7 @@ fn listing(root: &Path, path: &Path, out: &mut BTreeMap<String, String>) {
 pub enum BuilderError {
     #[error("cannot read the derivation {path}: {reason}")]
     Derivation { path: PathBuf, reason: String },
-    #[error("unknown builder `{0}` (this kiln knows: source, overlay)")]
+    #[error("unknown builder `{0}` (this kiln knows: source, overlay, debian-index, fetch)")]
     Unknown(String),
     #[error("{0}")]
     Failed(String),
@@ -221,6 +221,24 @@ pub fn run_builder(
                 .map_err(|e| BuilderError::Failed(e.to_string()))?;
             Ok(())
         }
+        "debian-index" => {
+            let packages: Vec<crate::lock::DebianPackage> = serde_json::from_str(arg("packages")?)
+                .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?;
+            let debs: BTreeMap<String, PathBuf> = derivation
+                .inputs
+                .iter()
+                .filter_map(|(key, input)| {
+                    key.strip_prefix("deb:")
+                        .map(|file| (file.to_owned(), store_root.join(input.path().to_string())))
+                })
+                .collect();
+            crate::builders::debian_index::render(&packages, &debs, out)
+                .map_err(BuilderError::Failed)
+        }
+        crate::builders::fetch::BUILDER => Err(BuilderError::Failed(
+            "the fetch builder runs in the kiln process that schedules the build, not in a sandbox"
+                .into(),
+        )),
         other => Err(BuilderError::Unknown(other.to_owned())),
     }
 }

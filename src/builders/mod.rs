@@ -1,3 +1,5 @@
 //! Builders: the code that turns one derivation's inputs into its output.
 
+pub mod debian_index;
+pub mod fetch;
 pub mod overlay;

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use super::output::Printer;
 use crate::build::{self, BuildOptions, Progress, Realised, Status};
 use crate::eval::Evaluator;
+use crate::fetch::FetchProgress;
 use crate::ops::{self, Target};
 use crate::store::Store;
 
@@ -41,6 +42,17 @@ pub struct BuildArgs {
     /// Create no result links (and so no gc roots).
     #[arg(long, conflicts_with = "out_link")]
     pub no_link: bool,
+    /// Fail unless lockfile.toml pins every input of the configuration
+    /// exactly as configured, as `kiln lock --locked` checks (for CI).
+    #[arg(long)]
+    pub locked: bool,
+    /// Use no network: fail, naming each one, if an input is not already
+    /// in the store.
+    #[arg(long)]
+    pub offline: bool,
+    /// Downloads to run at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_downloads: usize,
     /// Print what was built as JSON.
     #[arg(long)]
     pub json: bool,
@@ -75,14 +87,22 @@ pub enum StoreCommand {
     },
 }
 
-/// Build progress on stderr. On a terminal: finished builds scroll by
-/// above one redrawn status line (`[3/36] building a, b`). Otherwise one
-/// line per start and finish. Nothing with -q.
+/// Build progress on stderr. On a terminal (indicatif): finished builds
+/// scroll by above a status line (`[3/36] building a, b`) and one bar per
+/// running download with bytes, bytes/s and ETA. Otherwise one line per
+/// start and finish (and per download retry). Nothing with -q.
 struct BuildProgress<'a> {
     printer: &'a Printer,
     store: &'a Path,
-    live: bool,
+    live: Option<Live>,
     state: Mutex<LiveState>,
+}
+
+/// The terminal side: the bars.
+struct Live {
+    bars: indicatif::MultiProgress,
+    status: indicatif::ProgressBar,
+    downloads: Mutex<std::collections::BTreeMap<String, indicatif::ProgressBar>>,
 }
 
 #[derive(Default)]
@@ -92,26 +112,64 @@ struct LiveState {
     running: Vec<String>,
 }
 
-impl BuildProgress<'_> {
-    fn redraw(&self, state: &LiveState) {
-        if !self.live {
-            return;
+impl<'a> BuildProgress<'a> {
+    fn new(printer: &'a Printer, store: &'a Path) -> BuildProgress<'a> {
+        let live = printer.interactive().then(|| {
+            let bars =
+                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+            let status = bars.add(indicatif::ProgressBar::new_spinner());
+            status.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            status.enable_steady_tick(std::time::Duration::from_millis(120));
+            Live {
+                bars,
+                status,
+                downloads: Mutex::new(Default::default()),
+            }
+        });
+        BuildProgress {
+            printer,
+            store,
+            live,
+            state: Mutex::new(LiveState::default()),
         }
+    }
+
+    fn redraw(&self, state: &LiveState) {
+        let Some(live) = &self.live else { return };
         let mut line = format!(
-            "[{}/{}] building {}",
+            "[{}/{}] {}",
             state.done,
             state.total,
-            state.running.join(", ")
+            if state.running.is_empty() {
+                String::new()
+            } else {
+                format!("running {}", state.running.join(", "))
+            }
         );
         if line.chars().count() > 100 {
             line = line.chars().take(99).collect::<String>() + "…";
         }
-        self.printer.raw_stderr(&format!("\r\x1b[2K{line}"));
+        live.status.set_message(line);
     }
 
+    /// A line that stays (above the bars on a terminal).
+    fn say(&self, line: &str) {
+        match &self.live {
+            Some(live) => {
+                let _ = live.bars.println(line);
+            }
+            None => self.printer.status(line),
+        }
+    }
+
+    /// Remove the bars (before the final output).
     fn clear(&self) {
-        if self.live {
-            self.printer.raw_stderr("\r\x1b[2K");
+        if let Some(live) = &self.live {
+            live.status.finish_and_clear();
+            let _ = live.bars.clear();
         }
     }
 }
@@ -120,15 +178,20 @@ impl Progress for BuildProgress<'_> {
     fn planned(&self, total: usize) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.total = total;
+        self.redraw(&state);
     }
 
-    fn started(&self, name: &str) {
+    fn started(&self, derivation: &crate::plan::Derivation) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.running.push(name.to_owned());
-        if self.live {
+        state.running.push(derivation.name.clone());
+        if self.live.is_some() {
             self.redraw(&state);
+        } else if derivation.builder == crate::builders::fetch::BUILDER {
+            let from = crate::builders::fetch::first_url(derivation).unwrap_or_default();
+            self.printer.status(&format!("fetching {from}"));
         } else {
-            self.printer.status(&format!("building {name}"));
+            self.printer
+                .status(&format!("building {}", derivation.name));
         }
     }
 
@@ -140,7 +203,12 @@ impl Progress for BuildProgress<'_> {
         let line = match &realised.status {
             Status::Valid => format!("{} is valid (built by another process)", realised.name),
             Status::Built => format!(
-                "built {} in {:.2}s: {}",
+                "{} {} in {:.2}s: {}",
+                if realised.builder == crate::builders::fetch::BUILDER {
+                    "fetched"
+                } else {
+                    "built"
+                },
                 realised.name,
                 realised.seconds,
                 path.display()
@@ -155,12 +223,93 @@ impl Progress for BuildProgress<'_> {
                 if differences.len() == 1 { "" } else { "s" }
             ),
         };
-        self.clear();
-        self.printer.status(&line);
-        if !state.running.is_empty() {
-            self.redraw(&state);
+        self.say(&line);
+        self.redraw(&state);
+    }
+
+    fn downloads(&self) -> &dyn FetchProgress {
+        self
+    }
+}
+
+impl FetchProgress for BuildProgress<'_> {
+    fn started(&self, url: &str, total: Option<u64>) {
+        let Some(live) = &self.live else { return };
+        let mut downloads = live.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = downloads.entry(url.to_owned()).or_insert_with(|| {
+            let bar = live.bars.add(indicatif::ProgressBar::no_length());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {prefix:32!} [{bar:24}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(url.rsplit('/').next().unwrap_or(url).to_owned());
+            bar
+        });
+        if let Some(total) = total {
+            bar.set_length(total);
         }
     }
+
+    fn advanced(&self, url: &str, bytes: u64) {
+        let Some(live) = &self.live else { return };
+        let downloads = live.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bar) = downloads.get(url) {
+            bar.set_position(bytes);
+        }
+    }
+
+    fn retrying(&self, url: &str, attempt: u32, reason: &str) {
+        self.say(&format!("retrying {url} (attempt {attempt}): {reason}"));
+    }
+
+    fn finished(&self, url: &str) {
+        let Some(live) = &self.live else { return };
+        let mut downloads = live.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bar) = downloads.remove(url) {
+            bar.finish_and_clear();
+            live.bars.remove(&bar);
+        }
+    }
+}
+
+/// Read lockfile.toml; with `locked`, also require it to pin every input
+/// of the configuration as configured. `None` after printing why not.
+fn read_lock(
+    evaluator: &Evaluator,
+    locked: bool,
+    printer: &Printer,
+) -> anyhow::Result<Option<crate::lock::Lockfile>> {
+    let path = evaluator.repo.root.join("lockfile.toml");
+    let lock = match ops::lock::read(&path) {
+        Ok(lock) => lock,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(None);
+        }
+    };
+    if locked {
+        let wanted = match ops::lock::wanted_inputs(evaluator) {
+            Ok(wanted) => wanted,
+            Err(ops::lock::LockError::Invalid(diagnostics)) => {
+                let sources = &evaluator.repo.sources;
+                for diagnostic in &diagnostics {
+                    printer.diagnostic(diagnostic, sources);
+                }
+                printer.error_count(diagnostics.len(), sources, &diagnostics);
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let status = crate::lock::inputs::status(&lock, &wanted);
+        if !status.up_to_date() {
+            printer.fatal(&ops::lock::LockError::Locked(ops::lock::describe(&status)).to_string());
+            return Ok(None);
+        }
+    }
+    Ok(Some(lock))
 }
 
 /// The plan, or `None` after printing why there is none.
@@ -190,26 +339,63 @@ pub(super) fn build(
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let Some(lock) = read_lock(evaluator, args.locked, printer)? else {
+        return Ok(ExitCode::from(1));
+    };
     let Some(plan) = report_failure(
         evaluator,
         printer,
-        ops::build::plan(evaluator, &args.targets, args.all, jobs),
+        ops::build::plan(evaluator, &args.targets, args.all, jobs, &lock),
     ) else {
         return Ok(ExitCode::from(1));
     };
     let needed = build::needed(store, &plan, args.check);
+    if args.offline {
+        let mut missing: Vec<String> = needed
+            .iter()
+            .map(|hash| &plan.derivations[hash])
+            .filter(|d| d.builder == crate::builders::fetch::BUILDER)
+            .map(|d| {
+                let url = crate::builders::fetch::first_url(d).unwrap_or_default();
+                let output = plan.output(&d.hash());
+                if store.is_valid(output) {
+                    format!(
+                        "  {} (from {url}; in the store, but --check downloads it again)",
+                        d.name
+                    )
+                } else {
+                    format!("  {} (from {url})", d.name)
+                }
+            })
+            .collect();
+        missing.sort();
+        if !missing.is_empty() {
+            printer.fatal(&format!(
+                "--offline: {} input{} would need the network (not in the store {}):\n{}\nbuild once without --offline (or copy a store that has them) to fetch them",
+                missing.len(),
+                if missing.len() == 1 { "" } else { "s" },
+                store.root().display(),
+                missing.join("\n")
+            ));
+            return Ok(ExitCode::from(1));
+        }
+    }
     if args.dry_run || args.explain {
         for hash in &needed {
             let derivation = &plan.derivations[hash];
-            let verb = if derivation.is_fixed_output() {
-                "copy"
+            let path = store.real_path(plan.output(hash));
+            let line = if derivation.builder == crate::builders::fetch::BUILDER {
+                format!(
+                    "would fetch {} from {}",
+                    path.display(),
+                    crate::builders::fetch::first_url(derivation).unwrap_or_default()
+                )
+            } else if derivation.is_fixed_output() {
+                format!("would copy {}", path.display())
             } else {
-                "build"
+                format!("would build {}", path.display())
             };
-            printer.line(&format!(
-                "would {verb} {}",
-                store.real_path(plan.output(hash)).display()
-            ))?;
+            printer.line(&line)?;
             if args.explain {
                 for reason in build::explain(store, derivation) {
                     printer.line(&format!("    because {reason}"))?;
@@ -231,22 +417,32 @@ pub(super) fn build(
         keep_failed: args.keep_failed,
         repo: evaluator.repo.root.clone(),
         kiln: std::env::current_exe()?,
+        fetch: crate::fetch::FetchOptions {
+            parallel: args.max_downloads.max(1),
+            ..crate::fetch::FetchOptions::default()
+        },
     };
     if let build::sandbox::Isolation::Unavailable(reason) = build::sandbox::Isolation::detect() {
         printer.status(&format!(
             "warning: builders run WITHOUT network isolation: {reason}"
         ));
     }
-    let progress = BuildProgress {
-        printer,
-        store: store.root(),
-        live: printer.interactive(),
-        state: Mutex::new(LiveState::default()),
-    };
-    let results = match build::build(store, &plan, &options, &progress) {
+    let progress = BuildProgress::new(printer, store.root());
+    let results = build::build(store, &plan, &options, &progress);
+    progress.clear();
+    let results = match results {
         Ok(results) => results,
         Err(error) => {
             printer.fatal(&error.to_string());
+            if let build::BuildError::Fetch { failures } = &error
+                && failures
+                    .iter()
+                    .any(|(_, reason)| reason.contains("hash mismatch"))
+            {
+                printer.status(
+                    "hint: lockfile.toml pins other bytes than the server sent: if the file changed upstream on purpose, re-pin it with `kiln lock --update INPUT` and review the diff",
+                );
+            }
             return Ok(ExitCode::from(1));
         }
     };
@@ -285,7 +481,7 @@ pub(super) fn build(
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "name": r.name, "drv": r.drv, "path": store.real_path(&r.path),
+                    "name": r.name, "builder": r.builder, "drv": r.drv, "path": store.real_path(&r.path),
                     "status": r.status, "seconds": r.seconds,
                 })
             })
@@ -309,7 +505,10 @@ pub(super) fn show_derivation(
     json: bool,
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
-    let plan = ops::build::plan(evaluator, std::slice::from_ref(target), false, 1);
+    let Some(lock) = read_lock(evaluator, false, printer)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let plan = ops::build::plan(evaluator, std::slice::from_ref(target), false, 1, &lock);
     let Some(plan) = report_failure(evaluator, printer, plan) else {
         return Ok(ExitCode::from(1));
     };

@@ -51,14 +51,6 @@ impl Printer {
         self.terminal && !self.quiet && self.format == MessageFormat::Human
     }
 
-    /// Text on stderr as is (control sequences for live progress).
-    pub(super) fn raw_stderr(&self, text: &str) {
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(text.as_bytes());
-        let _ = err.flush();
-    }
-
-    /// A result line on stdout.
     pub(super) fn line(&self, text: &str) -> std::io::Result<()> {
         self.stdout(&format!("{text}\n"))
     }

@@ -14,7 +14,7 @@ use crate::suggest::did_you_mean;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "no kiln repo found in {start} or any parent directory (looked for `lockfile.toml` or a `hosts/` directory)"
+        "no kiln repo found in {start} or any parent directory (looked for `lockfile.toml` or a `hosts/`, `images/` or `stacks/` directory)"
     )]
     NotFound { start: PathBuf },
     #[error("cannot read {path}: {source}")]
@@ -25,11 +25,17 @@ pub enum LoadError {
     },
 }
 
-/// The nearest ancestor of `start` holding `lockfile.toml` or `hosts/`.
+/// The nearest ancestor of `start` holding `lockfile.toml`, `hosts/`,
+/// `images/` or `stacks/`.
 pub fn discover_root(start: &Path) -> Result<PathBuf, LoadError> {
     start
         .ancestors()
-        .find(|dir| dir.join("lockfile.toml").is_file() || dir.join("hosts").is_dir())
+        .find(|dir| {
+            dir.join("lockfile.toml").is_file()
+                || ["hosts", "images", "stacks"]
+                    .iter()
+                    .any(|kind| dir.join(kind).is_dir())
+        })
         .map(Path::to_path_buf)
         .ok_or_else(|| LoadError::NotFound {
             start: start.to_path_buf(),

@@ -6,7 +6,9 @@ use super::{EvalFailure, Target};
 use crate::config::diagnostic::Diagnostic;
 use crate::config::{DocId, DocKind};
 use crate::eval::Evaluator;
-use crate::eval::spec::HostSpec;
+use crate::eval::spec::{HostSpec, ImageBase, ImageSpec};
+use crate::lock::Lockfile;
+use crate::lock::inputs::{LockStatus, status, wanted};
 use crate::plan::{Plan, PlanError};
 use crate::store::nar;
 use crate::suggest::did_you_mean;
@@ -26,6 +28,8 @@ pub enum PlanFailure {
     Plan(PlanError),
     /// Nothing was asked for.
     NoTargets,
+    /// The lockfile does not pin an input of the targets as configured.
+    Lock(LockStatus),
 }
 
 impl std::fmt::Display for PlanFailure {
@@ -43,8 +47,13 @@ impl std::fmt::Display for PlanFailure {
             }
             PlanFailure::NotBuildable(target) => write!(
                 f,
-                "`{}:{}` has nothing to build yet: this kiln builds hosts (their overlay); image and stack builders come next",
+                "`{}:{}` has nothing to build yet: this kiln builds hosts (their overlay) and the pinned inputs of images with a `debian` or `url` base; stack builders come next",
                 target.kind, target.name
+            ),
+            PlanFailure::Lock(status) => write!(
+                f,
+                "lockfile.toml does not pin the inputs of these targets as configured:\n{}\nrun `kiln lock` to pin them (and commit lockfile.toml)",
+                crate::ops::lock::describe(status)
             ),
             PlanFailure::Source { file, reason } => write!(f, "cannot read {file}: {reason}"),
             PlanFailure::Plan(error) => write!(f, "{error}"),
@@ -67,14 +76,20 @@ impl PlanFailure {
 
 /// Evaluate the targets (every host with `all`) and plan their derivations,
 /// evaluating up to `jobs` hosts at once.
+///
+/// Every input the targets are built from (for a host, its image's; for an
+/// image, its own) must be pinned in `lock` as configured: a target is
+/// never built from an input the lockfile does not vouch for.
 pub fn plan(
     evaluator: &Evaluator,
     targets: &[Target],
     all: bool,
     jobs: usize,
+    lock: &Lockfile,
 ) -> Result<Plan, PlanFailure> {
     let repo = &evaluator.repo;
     let mut hosts = Vec::new();
+    let mut images = Vec::new();
     if all {
         hosts.extend(repo.of_kind(DocKind::Host));
     }
@@ -85,14 +100,16 @@ pub fn plan(
                 hint: did_you_mean(&target.name, repo.names(target.kind)),
             }));
         };
-        if target.kind != DocKind::Host {
-            return Err(PlanFailure::NotBuildable(target.clone()));
-        }
-        if !hosts.contains(&id) {
-            hosts.push(id);
+        let list = match target.kind {
+            DocKind::Host => &mut hosts,
+            DocKind::Image => &mut images,
+            _ => return Err(PlanFailure::NotBuildable(target.clone())),
+        };
+        if !list.contains(&id) {
+            list.push(id);
         }
     }
-    if hosts.is_empty() {
+    if hosts.is_empty() && images.is_empty() {
         return Err(PlanFailure::NoTargets);
     }
     let mut specs = Vec::with_capacity(hosts.len());
@@ -103,12 +120,44 @@ pub fn plan(
             Err(diagnostics) => problems.extend(diagnostics),
         }
     }
+    // The images the targets are built from: those asked for, each host's,
+    // and the images those extend.
+    let mut image_specs: BTreeMap<String, ImageSpec> = BTreeMap::new();
+    let mut pending: Vec<DocId> = images.clone();
+    pending.extend(
+        specs
+            .iter()
+            .filter_map(|spec| repo.find(DocKind::Image, &spec.image)),
+    );
+    while let Some(id) = pending.pop() {
+        if image_specs.contains_key(&repo.document(id).name) {
+            continue;
+        }
+        match super::evaluate_checked(evaluator, id, Evaluator::image) {
+            Ok(spec) => {
+                if let ImageBase::Image(parent) = &spec.base
+                    && let Some(parent) = repo.find(DocKind::Image, parent)
+                {
+                    pending.push(parent);
+                }
+                image_specs.insert(spec.name.clone(), spec);
+            }
+            Err(diagnostics) => problems.extend(diagnostics),
+        }
+    }
     if !problems.is_empty() {
         let mut all = crate::config::Diagnostics::default();
         all.extend(problems);
         return Err(PlanFailure::Eval(EvalFailure::Invalid(
             all.finish(&repo.sources),
         )));
+    }
+    let image_list: Vec<ImageSpec> = image_specs.values().cloned().collect();
+    let mut lock_status = status(lock, &wanted(&image_list, &[]));
+    // Pins of other targets are not this build's business.
+    lock_status.stale.clear();
+    if !lock_status.up_to_date() {
+        return Err(PlanFailure::Lock(lock_status));
     }
     let mut plan = Plan::default();
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -126,6 +175,29 @@ pub fn plan(
         }
         plan.add_host(&spec, &hashes).map_err(PlanFailure::Plan)?;
     }
+    for id in images {
+        let name = &repo.document(id).name;
+        let spec = &image_specs[name];
+        let key = format!("image:{name}");
+        // The lock check above guarantees the entries exist.
+        let root = match &spec.base {
+            ImageBase::Debian { .. } => lock
+                .debian
+                .get(&key)
+                .map(|entry| plan.add_debian_packages(name, entry)),
+            ImageBase::Url { .. } => lock.url.get(&key).map(|entry| plan.add_url_input(entry)),
+            ImageBase::Image(_) => None,
+        };
+        match root {
+            Some(hash) => plan.add_root(&key, hash.map_err(PlanFailure::Plan)?),
+            None => {
+                return Err(PlanFailure::NotBuildable(Target {
+                    kind: DocKind::Image,
+                    name: name.clone(),
+                }));
+            }
+        }
+    }
     Ok(plan)
 }
 
@@ -136,16 +208,15 @@ fn evaluate_hosts(
     jobs: usize,
 ) -> Vec<crate::eval::Evaluation<HostSpec>> {
     let jobs = jobs.clamp(1, hosts.len().max(1));
+    let host = |id: &DocId| super::evaluate_checked(evaluator, *id, Evaluator::host);
     if jobs == 1 {
-        return hosts.iter().map(|id| evaluator.host(*id)).collect();
+        return hosts.iter().map(host).collect();
     }
     let chunk = hosts.len().div_ceil(jobs);
     std::thread::scope(|scope| {
         let workers: Vec<_> = hosts
             .chunks(chunk)
-            .map(|ids| {
-                scope.spawn(move || ids.iter().map(|id| evaluator.host(*id)).collect::<Vec<_>>())
-            })
+            .map(|ids| scope.spawn(move || ids.iter().map(host).collect::<Vec<_>>()))
             .collect();
         workers
             .into_iter()

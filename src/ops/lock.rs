@@ -68,19 +68,21 @@ pub fn wanted_inputs(
     let mut stacks: Vec<StackSpec> = Vec::new();
     let mut problems = Vec::new();
     for id in repo.of_kind(DocKind::Image) {
-        match evaluator.image(id) {
+        match super::evaluate_checked(evaluator, id, Evaluator::image) {
             Ok(spec) => images.push(spec),
             Err(d) => problems.extend(d),
         }
     }
     for id in repo.of_kind(DocKind::Stack) {
-        match evaluator.stack(id) {
+        match super::evaluate_checked(evaluator, id, Evaluator::stack) {
             Ok(spec) => stacks.push(spec),
             Err(d) => problems.extend(d),
         }
     }
     if !problems.is_empty() {
-        return Err(LockError::Invalid(problems));
+        let mut all = crate::config::Diagnostics::default();
+        all.extend(problems);
+        return Err(LockError::Invalid(all.finish(&repo.sources)));
     }
     Ok(wanted(&images, &stacks))
 }

@@ -84,6 +84,25 @@ pub fn eval(evaluator: &Evaluator, target: &Target) -> Result<Spec, EvalFailure>
     }
 }
 
+/// Evaluate one document with `evaluate` (`Evaluator::host`, `image`, …),
+/// failing also on the reading and declaration errors that concern it: a
+/// target that imports a broken module is not silently evaluated without it.
+pub(crate) fn evaluate_checked<T>(
+    evaluator: &Evaluator,
+    id: DocId,
+    evaluate: impl Fn(&Evaluator, DocId) -> crate::eval::Evaluation<T>,
+) -> Result<T, Vec<Diagnostic>> {
+    let mut diagnostics = relevant_load_errors(evaluator, id);
+    match evaluate(evaluator, id) {
+        Ok(spec) if diagnostics.is_empty() => Ok(spec),
+        Ok(_) => Err(diagnostics),
+        Err(found) => {
+            diagnostics.extend(found);
+            Err(diagnostics)
+        }
+    }
+}
+
 /// Reading and declaration errors that matter to one target: those in its
 /// own file or in the modules it imports (plus built-in problems).
 fn relevant_load_errors(evaluator: &Evaluator, id: DocId) -> Vec<Diagnostic> {

@@ -15,6 +15,9 @@
 //! env 17:SOURCE_DATE_EPOCH 9:315532800
 //! ```
 //!
+//! A fixed output is written `output 5:fixed 64:<NAR sha256>`, or for a
+//! download `output 10:fixed-flat 64:<file sha256> <size>`.
+//!
 //! The derivation hash is the sha256 of exactly these bytes; `kiln
 //! show-derivation` prints them. Inputs that are themselves derivations are
 //! written as their derivation hash and output path — except fixed-output
@@ -81,6 +84,10 @@ pub enum Output {
     /// By the expected sha256 of the output's NAR serialisation: a fetch or
     /// a source file. The output is checked against it after building.
     Fixed { nar_sha256: String },
+    /// By the expected sha256 of one regular file's bytes (a download: the
+    /// hash the lockfile records), and its size. The output must be that
+    /// file, not executable.
+    FixedFlat { sha256: String, size: u64 },
 }
 
 /// A named input.
@@ -147,6 +154,13 @@ impl Derivation {
                 out.push(' ');
                 netstring(&mut out, nar_sha256);
             }
+            Output::FixedFlat { sha256, size } => {
+                netstring(&mut out, "fixed-flat");
+                out.push(' ');
+                netstring(&mut out, sha256);
+                out.push(' ');
+                netstring(&mut out, &size.to_string());
+            }
         }
         out.push('\n');
         for (key, value) in &self.args {
@@ -191,6 +205,6 @@ impl Derivation {
     }
 
     pub fn is_fixed_output(&self) -> bool {
-        matches!(self.output, Output::Fixed { .. })
+        matches!(self.output, Output::Fixed { .. } | Output::FixedFlat { .. })
     }
 }

@@ -10,7 +10,17 @@
 //! <host>-overlay  (the host's files, users, units… as a directory tree)
 //! ```
 //!
-//! Later stages add fetches, the rootfs and the images below and above it.
+//! For an image with a Debian base, pinned in the lockfile:
+//!
+//! ```text
+//! <file>.deb      (fixed-output, flat: one fetch per package, addressed by
+//!      │           the package's sha256 from the lockfile)
+//!      ▼
+//! <image>-debian-packages  (an APT index, `Packages`, over those files)
+//! ```
+//!
+//! and for an image with a `url` base, the one fetch. Later stages add the
+//! rootfs and the images built on it.
 
 pub mod derivation;
 
@@ -19,6 +29,7 @@ use std::collections::BTreeMap;
 pub use derivation::{Derivation, DrvHash, Input, Output, SYSTEM};
 
 use crate::eval::spec::HostSpec;
+use crate::lock::{DebianEntry, UrlEntry};
 use crate::store::path::StorePath;
 
 /// SOURCE_DATE_EPOCH for every build: 1980-01-01T00:00:00Z, the earliest
@@ -30,6 +41,10 @@ pub const SOURCE_DATE_EPOCH: &str = "315532800";
 pub const OVERLAY_VERSION: u32 = 1;
 /// The source builder's version.
 pub const SOURCE_VERSION: u32 = 1;
+/// The fetch builder's version.
+pub const FETCH_VERSION: u32 = 1;
+/// The debian-index builder's version.
+pub const DEBIAN_INDEX_VERSION: u32 = 1;
 
 /// What can go wrong turning specs into derivations.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +53,8 @@ pub enum PlanError {
     MissingSourceHash { host: String, file: String },
     #[error("cannot name a store path after `{name}`: {reason}")]
     BadName { name: String, reason: String },
-    #[error("cannot serialise the spec of `{host}`: {reason}")]
-    Serialise { host: String, reason: String },
+    #[error("cannot serialise the builder arguments for `{target}`: {reason}")]
+    Serialise { target: String, reason: String },
 }
 
 /// The derivations for a set of targets, and which of them were asked for.
@@ -59,6 +74,7 @@ impl Plan {
         let path = match &derivation.output {
             Output::Input => StorePath::for_derivation(hash.as_str(), &derivation.name),
             Output::Fixed { nar_sha256 } => StorePath::for_content(nar_sha256, &derivation.name),
+            Output::FixedFlat { sha256, .. } => StorePath::for_flat_file(sha256, &derivation.name),
         }
         .map_err(|error| PlanError::BadName {
             name: derivation.name.clone(),
@@ -96,7 +112,7 @@ impl Plan {
             inputs.insert(format!("source:{source}"), Input::Fixed { drv, path });
         }
         let config = serde_json::to_string(&spec.config).map_err(|error| PlanError::Serialise {
-            host: spec.name.clone(),
+            target: spec.name.clone(),
             reason: error.to_string(),
         })?;
         let overlay = Derivation {
@@ -115,6 +131,89 @@ impl Plan {
         let (hash, _) = self.add(overlay)?;
         self.roots.push((spec.name.clone(), hash.clone()));
         Ok(hash)
+    }
+
+    /// Add a download: one file, from `urls` tried in order, that must have
+    /// `sha256` and `size`. Its output path depends only on the hash and the
+    /// name, so two images that fetch the same file share it.
+    pub fn add_fetch(
+        &mut self,
+        file_name: &str,
+        urls: &[String],
+        sha256: &str,
+        size: u64,
+    ) -> Result<(DrvHash, StorePath), PlanError> {
+        let urls = serde_json::to_string(urls).map_err(|error| PlanError::Serialise {
+            target: file_name.to_owned(),
+            reason: error.to_string(),
+        })?;
+        self.add(Derivation {
+            name: store_name(file_name),
+            builder: "fetch".into(),
+            builder_version: FETCH_VERSION,
+            system: SYSTEM.into(),
+            output: Output::FixedFlat {
+                sha256: sha256.to_owned(),
+                size,
+            },
+            args: BTreeMap::from([("urls".to_owned(), urls)]),
+            inputs: BTreeMap::new(),
+            env: BTreeMap::new(),
+        })
+    }
+
+    /// Add an image's Debian package set, as pinned: one fetch per `.deb`
+    /// and an APT index over them. Returns the index derivation.
+    pub fn add_debian_packages(
+        &mut self,
+        image: &str,
+        entry: &DebianEntry,
+    ) -> Result<DrvHash, PlanError> {
+        let mirror = entry.mirror.trim_end_matches('/');
+        let mut inputs = BTreeMap::new();
+        for package in &entry.packages {
+            let base = deb_file_name(&package.filename);
+            let url = format!("{mirror}/{}", package.filename);
+            let (drv, path) = self.add_fetch(base, &[url], &package.sha256, package.size)?;
+            inputs.insert(format!("deb:{base}"), Input::Fixed { drv, path });
+        }
+        let packages =
+            serde_json::to_string(&entry.packages).map_err(|error| PlanError::Serialise {
+                target: image.to_owned(),
+                reason: error.to_string(),
+            })?;
+        let (hash, _) = self.add(Derivation {
+            name: format!("{image}-debian-packages"),
+            builder: "debian-index".into(),
+            builder_version: DEBIAN_INDEX_VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args: BTreeMap::from([("packages".to_owned(), packages)]),
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        })?;
+        Ok(hash)
+    }
+
+    /// Add a `url` input, as pinned: the one fetch.
+    pub fn add_url_input(&mut self, entry: &UrlEntry) -> Result<DrvHash, PlanError> {
+        let first = entry.urls.first().map_or("download", String::as_str);
+        let file_name = first
+            .split(['?', '#'])
+            .next()
+            .unwrap_or(first)
+            .rsplit('/')
+            .find(|part| !part.is_empty())
+            .unwrap_or("download");
+        let (hash, _) = self.add_fetch(file_name, &entry.urls, &entry.sha256, entry.size)?;
+        Ok(hash)
+    }
+
+    /// Mark a derivation as asked for under `target`.
+    pub fn add_root(&mut self, target: &str, hash: DrvHash) {
+        if !self.roots.iter().any(|(t, h)| t == target && *h == hash) {
+            self.roots.push((target.to_owned(), hash));
+        }
     }
 
     /// Derivations in dependency order (inputs first), ties by hash: the
@@ -161,6 +260,11 @@ fn source_derivation(repo_path: &str, nar_sha256: &str) -> Derivation {
         inputs: BTreeMap::new(),
         env: BTreeMap::new(),
     }
+}
+
+/// `pool/main/a/adduser/adduser_3.134_all.deb` → `adduser_3.134_all.deb`.
+pub fn deb_file_name(filename: &str) -> &str {
+    filename.rsplit('/').next().unwrap_or(filename)
 }
 
 /// A file name made acceptable as a store path name: characters Nix does

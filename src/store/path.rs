@@ -28,7 +28,8 @@
 //! | kind | fingerprint |
 //! |---|---|
 //! | output of a derivation (input-addressed) | `kiln-store-path-v1:output:out:sha256:<drv sha256 hex>:<name>` |
-//! | fixed output (content-addressed) | `kiln-store-path-v1:fixed:sha256:<content sha256 hex>:<name>` |
+//! | fixed output (content-addressed) | `kiln-store-path-v1:fixed:sha256:<NAR sha256 hex>:<name>` |
+//! | fixed output, one flat file (a download) | `kiln-store-path-v1:fixed:flat:sha256:<file sha256 hex>:<name>` |
 //!
 //! `<hex>` is 64 lower-case hex digits (anything else is rejected, so one
 //! hash cannot spell two paths). The fixed-output fingerprint depends only
@@ -147,13 +148,26 @@ impl StorePath {
         )
     }
 
-    /// A fixed output whose NAR (or flat file) SHA-256 is
-    /// `content_sha256_hex` (content-addressed): fingerprint
+    /// A fixed output whose NAR SHA-256 is `content_sha256_hex`
+    /// (content-addressed): fingerprint
     /// `kiln-store-path-v1:fixed:sha256:<hex>:<name>`.
     pub fn for_content(content_sha256_hex: &str, name: &str) -> Result<Self, PathError> {
         check_hex("content sha256", content_sha256_hex)?;
         StorePath::from_fingerprint(
             &format!("kiln-store-path-v1:fixed:sha256:{content_sha256_hex}:{name}"),
+            name,
+        )
+    }
+
+    /// A fixed output that is one regular file whose bytes have the SHA-256
+    /// `file_sha256_hex` (a download, addressed by the hash the lockfile
+    /// records): fingerprint `kiln-store-path-v1:fixed:flat:sha256:<hex>:<name>`.
+    /// A distinct kind from [`StorePath::for_content`], so a file whose
+    /// bytes happen to be a NAR never shares a path with the tree it encodes.
+    pub fn for_flat_file(file_sha256_hex: &str, name: &str) -> Result<Self, PathError> {
+        check_hex("file sha256", file_sha256_hex)?;
+        StorePath::from_fingerprint(
+            &format!("kiln-store-path-v1:fixed:flat:sha256:{file_sha256_hex}:{name}"),
             name,
         )
     }
@@ -376,6 +390,16 @@ mod tests {
             fixed.to_string(),
             "lcaqvk4kbf7hx9b6kw0q15v74wl27ag9-source.tar.gz"
         );
+        let flat = StorePath::for_flat_file(EMPTY_SHA256, "source.tar.gz").unwrap();
+        assert_eq!(
+            flat,
+            StorePath::from_fingerprint(
+                &format!("kiln-store-path-v1:fixed:flat:sha256:{EMPTY_SHA256}:source.tar.gz"),
+                "source.tar.gz"
+            )
+            .unwrap()
+        );
+        assert_ne!(flat, fixed);
         // Same hash, different kind: different path.
         assert_ne!(
             StorePath::for_content(EMPTY_SHA256, "hello-2.12").unwrap(),
