@@ -119,7 +119,7 @@ impl<'a> BuildProgress<'a> {
                 indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
             let status = bars.add(indicatif::ProgressBar::new_spinner());
             status.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             status.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -139,7 +139,8 @@ impl<'a> BuildProgress<'a> {
 
     fn redraw(&self, state: &LiveState) {
         let Some(live) = &self.live else { return };
-        let mut line = format!(
+        // `wide_msg` cuts it to the terminal's width.
+        let line = format!(
             "[{}/{}] {}",
             state.done,
             state.total,
@@ -149,9 +150,6 @@ impl<'a> BuildProgress<'a> {
                 format!("running {}", state.running.join(", "))
             }
         );
-        if line.chars().count() > 100 {
-            line = line.chars().take(99).collect::<String>() + "…";
-        }
         live.status.set_message(line);
     }
 
