@@ -306,3 +306,78 @@ fn a_failed_input_is_reported_and_the_others_are_still_pinned() {
         ["oci ghcr.io/org/app:1.2", "oci traefik:v3.1"]
     );
 }
+
+#[test]
+fn a_note_above_an_entry_stays_with_its_pin_and_goes_when_the_pin_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockfile.toml");
+    let evaluator = repo("\"curl\"");
+    let wanted = wanted_inputs(&evaluator).unwrap();
+    let today = Stand {
+        day: 1,
+        calls: RefCell::new(Vec::new()),
+    };
+    lock(&wanted, &path, &Update::Missing, false, &today).unwrap();
+    // Someone notes where two pins came from.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let noted = text
+        .replace(
+            "\n[oci.\"traefik:v3.1\"]\n",
+            "\n# digest as published in example/repo-info (commit abc)\n[oci.\"traefik:v3.1\"]\n",
+        )
+        .replace(
+            "\n[oci.\"ghcr.io/org/app:1.2\"]\n",
+            "\n# from the vendor's release notes\n#\n# second line\n[oci.\"ghcr.io/org/app:1.2\"]\n",
+        );
+    assert_ne!(noted, text);
+    std::fs::write(&path, &noted).unwrap();
+    let parsed = Lockfile::parse(&noted).unwrap();
+    assert_eq!(parsed.to_text(), noted, "notes round-trip byte for byte");
+
+    // A lock that changes another input keeps both notes.
+    let evaluator = repo("\"curl\", \"htop\"");
+    let wanted = wanted_inputs(&evaluator).unwrap();
+    lock(&wanted, &path, &Update::Missing, false, &today).unwrap();
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        after.contains(
+            "# digest as published in example/repo-info (commit abc)\n[oci.\"traefik:v3.1\"]"
+        ),
+        "{after}"
+    );
+    assert!(
+        after.contains(
+            "# from the vendor's release notes\n#\n# second line\n[oci.\"ghcr.io/org/app:1.2\"]"
+        ),
+        "{after}"
+    );
+
+    // Re-resolving traefik to a new digest drops its note (it no longer
+    // describes the pin); re-resolving the other to the same digest keeps it.
+    let tomorrow = Stand {
+        day: 2,
+        calls: RefCell::new(Vec::new()),
+    };
+    lock(
+        &wanted,
+        &path,
+        &Update::Some(vec!["traefik:v3.1".into()]),
+        false,
+        &tomorrow,
+    )
+    .unwrap();
+    lock(
+        &wanted,
+        &path,
+        &Update::Some(vec!["ghcr.io/org/app:1.2".into()]),
+        false,
+        &today,
+    )
+    .unwrap();
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(!after.contains("repo-info"), "{after}");
+    assert!(
+        after.contains("# from the vendor's release notes\n"),
+        "{after}"
+    );
+}

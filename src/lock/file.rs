@@ -50,6 +50,12 @@ pub struct Lockfile {
     pub oci: BTreeMap<String, OciEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub url: BTreeMap<String, UrlEntry>,
+    /// Comment lines written directly above an entry's table header
+    /// (`(kind, id)` → the lines, without `# `): where a pin came from, for
+    /// instance. They are kept as long as the entry keeps exactly the same
+    /// pin, and dropped when `kiln lock` changes or removes it.
+    #[serde(skip)]
+    pub notes: BTreeMap<(String, String), Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +104,37 @@ pub struct UrlEntry {
     pub urls: Vec<String>,
     pub sha256: String,
     pub size: u64,
+}
+
+/// The comment lines directly above each `[kind.id]` header of `text`.
+fn notes(text: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let mut notes = BTreeMap::new();
+    let mut pending: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            pending.push(comment.strip_prefix(' ').unwrap_or(comment).to_owned());
+            continue;
+        }
+        if let Some(header) = trimmed
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .filter(|h| !h.starts_with('['))
+            && let Some((kind, key)) = header.split_once('.')
+            && ["debian", "oci", "url"].contains(&kind.trim())
+            && !pending.is_empty()
+        {
+            // Let the TOML parser read the key (quoted or bare).
+            let parsed: Result<BTreeMap<String, i64>, _> = toml::from_str(&format!("{key} = 0"));
+            if let Ok(map) = parsed
+                && let Some(id) = map.into_keys().next()
+            {
+                notes.insert((kind.trim().to_owned(), id), std::mem::take(&mut pending));
+            }
+        }
+        pending.clear();
+    }
+    notes
 }
 
 /// Why a lockfile could not be read.
@@ -162,6 +199,11 @@ impl Lockfile {
                 return Err(invalid(format!("url.\"{id}\""), "no urls"));
             }
         }
+        let mut lock = lock;
+        lock.notes = notes(text)
+            .into_iter()
+            .filter(|((kind, id), _)| lock.has(kind, id))
+            .collect();
         for (id, entry) in &lock.oci {
             let hex = entry.digest.strip_prefix("sha256:").unwrap_or("");
             if !is_hex64(hex) {
@@ -172,6 +214,49 @@ impl Lockfile {
             }
         }
         Ok(lock)
+    }
+
+    /// Whether there is an entry `id` of `kind` (`debian`, `oci`, `url`).
+    pub fn has(&self, kind: &str, id: &str) -> bool {
+        match kind {
+            "debian" => self.debian.contains_key(id),
+            "oci" => self.oci.contains_key(id),
+            "url" => self.url.contains_key(id),
+            _ => false,
+        }
+    }
+
+    /// Whether entry `id` of `kind` is the same pin in both lockfiles.
+    pub fn same_entry(&self, other: &Lockfile, kind: &str, id: &str) -> bool {
+        match kind {
+            "debian" => self
+                .debian
+                .get(id)
+                .is_some_and(|e| other.debian.get(id) == Some(e)),
+            "oci" => self
+                .oci
+                .get(id)
+                .is_some_and(|e| other.oci.get(id) == Some(e)),
+            "url" => self
+                .url
+                .get(id)
+                .is_some_and(|e| other.url.get(id) == Some(e)),
+            _ => false,
+        }
+    }
+
+    fn header(&self, out: &mut String, kind: &str, id: &str) {
+        out.push('\n');
+        if let Some(lines) = self.notes.get(&(kind.to_owned(), id.to_owned())) {
+            for line in lines {
+                if line.is_empty() {
+                    out.push_str("#\n");
+                } else {
+                    let _ = writeln!(out, "# {line}");
+                }
+            }
+        }
+        let _ = writeln!(out, "[{kind}.{}]", quote_key(id));
     }
 
     /// The canonical text (see the module docs).
@@ -193,7 +278,7 @@ impl Lockfile {
             )
         };
         for (id, entry) in &self.debian {
-            let _ = write!(out, "\n[debian.{}]\n", quote_key(id));
+            self.header(&mut out, "debian", id);
             let _ = writeln!(out, "suite = {}", quote(&entry.suite));
             let _ = writeln!(out, "architecture = {}", quote(&entry.architecture));
             let _ = writeln!(out, "mirror = {}", quote(&entry.mirror));
@@ -219,7 +304,7 @@ impl Lockfile {
             out.push_str("]\n");
         }
         for (id, entry) in &self.oci {
-            let _ = write!(out, "\n[oci.{}]\n", quote_key(id));
+            self.header(&mut out, "oci", id);
             let _ = writeln!(out, "reference = {}", quote(&entry.reference));
             let _ = writeln!(out, "digest = {}", quote(&entry.digest));
             let _ = writeln!(out, "media_type = {}", quote(&entry.media_type));
@@ -231,7 +316,7 @@ impl Lockfile {
             let _ = writeln!(out, "platforms = {{ {} }}", platforms.join(", "));
         }
         for (id, entry) in &self.url {
-            let _ = write!(out, "\n[url.{}]\n", quote_key(id));
+            self.header(&mut out, "url", id);
             let _ = writeln!(out, "urls = {}", list(&entry.urls));
             let _ = writeln!(out, "sha256 = {}", quote(&entry.sha256));
             let _ = writeln!(out, "size = {}", entry.size);

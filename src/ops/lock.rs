@@ -247,6 +247,13 @@ pub fn lock(
             }
         }
     }
+    // A note (where a pin came from) stays with exactly that pin.
+    new.notes = old
+        .notes
+        .iter()
+        .filter(|((kind, id), _)| old.same_entry(&new, kind, id))
+        .map(|(key, lines)| (key.clone(), lines.clone()))
+        .collect();
     for (kind, id) in &current.stale {
         changes.push(Change {
             kind,
