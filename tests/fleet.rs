@@ -27,6 +27,24 @@ fn example_fleet_checks() {
     assert_eq!(text(&output.stderr), "");
 }
 
+/// The example's lockfile pins every input as configured, and is written
+/// exactly as `kiln lock` writes it (so a re-lock is a minimal diff).
+#[test]
+fn example_lockfile_is_current_and_canonical() {
+    let output = kiln(&root(), &["lock", "--locked"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(root().join("lockfile.toml")).unwrap();
+    let lock = kiln::lock::Lockfile::parse(&text).unwrap();
+    assert_eq!(lock.to_text(), text);
+    // Every stack image is pinned by digest.
+    assert_eq!(lock.oci.len(), 5, "{:?}", lock.oci.keys());
+}
+
 #[test]
 fn example_fleet_models_the_homelab() {
     assert_eq!(

@@ -63,7 +63,7 @@ impl Resolvers for Stand {
         Ok(OciEntry {
             reference: format!("docker.io/library/{reference}"),
             digest: format!("sha256:{}", hex(reference, self.day)),
-            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            media_type: Some("application/vnd.oci.image.index.v1+json".into()),
             platforms: BTreeMap::new(),
         })
     }

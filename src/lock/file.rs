@@ -92,7 +92,11 @@ pub struct OciEntry {
     pub reference: String,
     /// Digest of what the tag points to (an index or a manifest).
     pub digest: String,
-    pub media_type: String,
+    /// The manifest's media type (OCI index, Docker manifest list, …).
+    /// `kiln lock` always records it; a digest pinned by hand from a
+    /// published source that does not state it leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
     #[serde(default)]
     pub platforms: BTreeMap<String, String>,
 }
@@ -212,6 +216,14 @@ impl Lockfile {
                     "digest is not sha256:<64 hex digits>",
                 ));
             }
+            for (platform, digest) in &entry.platforms {
+                if !is_hex64(digest.strip_prefix("sha256:").unwrap_or("")) {
+                    return Err(invalid(
+                        format!("oci.\"{id}\" platform {platform}"),
+                        "digest is not sha256:<64 hex digits>",
+                    ));
+                }
+            }
         }
         Ok(lock)
     }
@@ -307,13 +319,17 @@ impl Lockfile {
             self.header(&mut out, "oci", id);
             let _ = writeln!(out, "reference = {}", quote(&entry.reference));
             let _ = writeln!(out, "digest = {}", quote(&entry.digest));
-            let _ = writeln!(out, "media_type = {}", quote(&entry.media_type));
-            let platforms: Vec<String> = entry
-                .platforms
-                .iter()
-                .map(|(k, v)| format!("{} = {}", quote_key(k), quote(v)))
-                .collect();
-            let _ = writeln!(out, "platforms = {{ {} }}", platforms.join(", "));
+            if let Some(media_type) = &entry.media_type {
+                let _ = writeln!(out, "media_type = {}", quote(media_type));
+            }
+            if !entry.platforms.is_empty() {
+                let platforms: Vec<String> = entry
+                    .platforms
+                    .iter()
+                    .map(|(k, v)| format!("{} = {}", quote_key(k), quote(v)))
+                    .collect();
+                let _ = writeln!(out, "platforms = {{ {} }}", platforms.join(", "));
+            }
         }
         for (id, entry) in &self.url {
             self.header(&mut out, "url", id);
@@ -356,7 +372,7 @@ mod tests {
             OciEntry {
                 reference: "docker.io/library/traefik:v3.1".into(),
                 digest: format!("sha256:{}", "b".repeat(64)),
-                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                media_type: Some("application/vnd.oci.image.index.v1+json".into()),
                 platforms: BTreeMap::from([(
                     "linux/amd64".into(),
                     format!("sha256:{}", "c".repeat(64)),

@@ -398,7 +398,7 @@ impl Resolvers for NetworkResolvers {
         Ok(OciEntry {
             reference: resolved.reference,
             digest: resolved.digest,
-            media_type: resolved.media_type,
+            media_type: Some(resolved.media_type),
             platforms: resolved.platforms,
         })
     }
