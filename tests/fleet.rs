@@ -22,7 +22,7 @@ fn example_fleet_checks() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(
         text(&output.stdout),
-        "ok: 5 hosts, 1 image, 2 stacks, 6 modules\n"
+        "ok: 5 hosts, 1 image, 2 stacks, 7 modules\n"
     );
     assert_eq!(text(&output.stderr), "");
 }

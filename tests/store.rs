@@ -133,14 +133,15 @@ fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
     // A module every host imports changes every host, and nothing else.
     let base = fixture.repo().join("modules/base.toml");
     let original = std::fs::read_to_string(&base).unwrap();
-    // A package is an input of the image (base is imported by it too):
-    // the lock no longer pins the image as configured, and build refuses.
+    // A package is an input of every host's Debian set (base is imported
+    // by them all): the lock no longer pins them as configured, and build
+    // refuses.
     std::fs::write(&base, original.replace("\"htop\"", "\"htop\", \"tmux\"")).unwrap();
     let refused = fixture.kiln(&["build", "--all", "--no-link"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = text(&refused.stderr);
     assert!(
-        stderr.contains("debian `image:debian-12`: pinned for a different configuration")
+        stderr.contains("debian `host:monitoring`: pinned for a different configuration")
             && stderr.contains("run `kiln lock`"),
         "{stderr}"
     );

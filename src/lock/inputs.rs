@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | `image:NAME` | `debian` | an image with `base.debian`: its suite, mirror, components, variant and `packages` |
 //! | `image:NAME` | `url` | an image with `base.url` |
+//! | `host:NAME` | `debian` | a host whose `packages` add to its (Debian-based) image's: the image's parameters and packages plus the host's |
 //! | the reference as written (`traefik:v3.1`) | `oci` | every `services.*.image` of every stack |
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::file::Lockfile;
-use crate::eval::spec::{ImageBase, ImageSpec, StackSpec};
+use crate::eval::spec::{HostSpec, ImageBase, ImageSpec, StackSpec};
 
 /// A Debian input is exactly what the resolver is asked for.
 pub use super::debian::DebianRequest as DebianSet;
@@ -64,8 +65,11 @@ impl Wanted {
     }
 }
 
-/// `(kind, id)` → what is wanted, from the evaluated images and stacks.
+/// `(kind, id)` → what is wanted, from the evaluated hosts, images and
+/// stacks. A host's image must be among `images` (with the images it
+/// extends) for the host's own input to be found.
 pub fn wanted(
+    hosts: &[HostSpec],
     images: &[ImageSpec],
     stacks: &[StackSpec],
 ) -> BTreeMap<(&'static str, String), Wanted> {
@@ -73,33 +77,45 @@ pub fn wanted(
     for image in images {
         let id = format!("image:{}", image.name);
         let wanted = match &image.base {
-            ImageBase::Debian {
-                suite,
-                mirror,
-                components,
-                variant,
-            } => Wanted::Debian(DebianSet {
-                suite: suite.clone(),
-                architecture: image.arch.clone(),
-                mirror: mirror.clone(),
-                components: components.clone(),
-                variant: variant.clone(),
-                packages: image
-                    .config
-                    .packages
-                    .iter()
-                    .cloned()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-            }),
+            ImageBase::Debian { .. } => match debian_set(image, images, &[]) {
+                Some(set) => Wanted::Debian(set),
+                None => continue,
+            },
             ImageBase::Url { url, .. } => Wanted::Url {
                 urls: vec![url.clone()],
             },
-            // Extending another image adds no input of its own.
-            ImageBase::Image(_) => continue,
+            // Extending another image adds an input only when it adds
+            // packages to a Debian set.
+            ImageBase::Image(parent) => {
+                let parent = images.iter().find(|i| &i.name == parent);
+                match (
+                    debian_set(image, images, &[]),
+                    parent.and_then(|p| debian_set(p, images, &[])),
+                ) {
+                    (Some(set), Some(inherited)) if set != inherited => Wanted::Debian(set),
+                    _ => continue,
+                }
+            }
         };
         inputs.insert((wanted.kind(), id), wanted);
+    }
+    for host in hosts {
+        let Some(image) = images.iter().find(|i| i.name == host.image) else {
+            continue;
+        };
+        let Some(own) = debian_set(image, images, &[]) else {
+            continue;
+        };
+        let Some(set) = debian_set(image, images, &host.config.packages) else {
+            continue;
+        };
+        // A host that adds no package is built from its image's set.
+        if set != own {
+            inputs.insert(
+                ("debian", format!("host:{}", host.name)),
+                Wanted::Debian(set),
+            );
+        }
     }
     for stack in stacks {
         let Some(services) = stack.model.get("services").and_then(|s| s.as_object()) else {
@@ -115,6 +131,39 @@ pub fn wanted(
         }
     }
     inputs
+}
+
+/// The Debian set an image (or a host on it, adding `extra` packages) is
+/// bootstrapped from: the parameters of the Debian base at the root of the
+/// image's `base.image` chain, and the packages of every image along the
+/// chain plus `extra`, sorted and without duplicates. `None` when the
+/// chain does not end in a Debian base (or is broken or cyclic).
+pub fn debian_set(image: &ImageSpec, images: &[ImageSpec], extra: &[String]) -> Option<DebianSet> {
+    let mut packages: BTreeSet<String> = extra.iter().cloned().collect();
+    let mut current = image;
+    for _ in 0..=images.len() {
+        packages.extend(current.config.packages.iter().cloned());
+        match &current.base {
+            ImageBase::Debian {
+                suite,
+                mirror,
+                components,
+                variant,
+            } => {
+                return Some(DebianSet {
+                    suite: suite.clone(),
+                    architecture: current.arch.clone(),
+                    mirror: mirror.clone(),
+                    components: components.clone(),
+                    variant: variant.clone(),
+                    packages: packages.into_iter().collect(),
+                });
+            }
+            ImageBase::Image(parent) => current = images.iter().find(|i| &i.name == parent)?,
+            ImageBase::Url { .. } => return None,
+        }
+    }
+    None
 }
 
 /// How the lockfile stands against what is wanted.

@@ -153,7 +153,44 @@ pub fn plan(
         )));
     }
     let image_list: Vec<ImageSpec> = image_specs.values().cloned().collect();
-    let mut lock_status = status(lock, &wanted(&image_list, &[]));
+    let all_wanted = wanted(&specs, &image_list, &[]);
+    // The input each target is built from: an image's own, else the one of
+    // the image it extends; a host's own, else its image's.
+    let image_input = |name: &str| {
+        let mut name = name.to_owned();
+        for _ in 0..=image_list.len() {
+            for kind in ["debian", "url"] {
+                let key = (kind, format!("image:{name}"));
+                if all_wanted.contains_key(&key) {
+                    return Some(key);
+                }
+            }
+            match image_specs.get(&name).map(|i| &i.base) {
+                Some(ImageBase::Image(parent)) => name = parent.clone(),
+                _ => return None,
+            }
+        }
+        None
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for spec in &specs {
+        let own = ("debian", format!("host:{}", spec.name));
+        if all_wanted.contains_key(&own) {
+            used.insert(own);
+        } else if let Some(key) = image_input(&spec.image) {
+            used.insert(key);
+        }
+    }
+    for id in &images {
+        if let Some(key) = image_input(&repo.document(*id).name) {
+            used.insert(key);
+        }
+    }
+    let used_wanted = all_wanted
+        .into_iter()
+        .filter(|(key, _)| used.contains(key))
+        .collect();
+    let mut lock_status = status(lock, &used_wanted);
     // Pins of other targets are not this build's business.
     lock_status.stale.clear();
     if !lock_status.up_to_date() {

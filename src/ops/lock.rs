@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::config::DocKind;
 use crate::config::diagnostic::Diagnostic;
 use crate::eval::Evaluator;
-use crate::eval::spec::{ImageSpec, StackSpec};
+use crate::eval::spec::{HostSpec, ImageSpec, StackSpec};
 use crate::lock::inputs::{LockStatus, Wanted, status, wanted};
 use crate::lock::{DebianEntry, DebianPackage, Lockfile, LockfileError, OciEntry, UrlEntry};
 
@@ -59,14 +59,21 @@ pub enum LockError {
     UnknownInput(String),
 }
 
-/// What the configuration wants, evaluated from every image and stack.
+/// What the configuration wants, evaluated from every host, image and stack.
 pub fn wanted_inputs(
     evaluator: &Evaluator,
 ) -> Result<BTreeMap<(&'static str, String), Wanted>, LockError> {
     let repo = &evaluator.repo;
+    let mut hosts: Vec<HostSpec> = Vec::new();
     let mut images: Vec<ImageSpec> = Vec::new();
     let mut stacks: Vec<StackSpec> = Vec::new();
     let mut problems = Vec::new();
+    for id in repo.of_kind(DocKind::Host) {
+        match super::evaluate_checked(evaluator, id, Evaluator::host) {
+            Ok(spec) => hosts.push(spec),
+            Err(d) => problems.extend(d),
+        }
+    }
     for id in repo.of_kind(DocKind::Image) {
         match super::evaluate_checked(evaluator, id, Evaluator::image) {
             Ok(spec) => images.push(spec),
@@ -84,7 +91,7 @@ pub fn wanted_inputs(
         all.extend(problems);
         return Err(LockError::Invalid(all.finish(&repo.sources)));
     }
-    Ok(wanted(&images, &stacks))
+    Ok(wanted(&hosts, &images, &stacks))
 }
 
 /// Read `lockfile.toml` (an absent file is an empty lock).
