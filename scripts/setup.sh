@@ -8,6 +8,13 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v git >/dev/null || need_apt+=(git)
 # Nix itself, to cross-check store-path base32 and NAR hashes in tests.
 command -v nix-store >/dev/null || need_apt+=(nix-bin)
+# Building LXC templates: mmdebstrap bootstraps Debian; dpkg-deb reads
+# package control fields. Testing them: lxc boots the template; GNU tar and
+# zstd read it back independently.
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+command -v lxc-start >/dev/null || need_apt+=(lxc)
+command -v zstd >/dev/null || need_apt+=(zstd)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need_apt[*]}" >&2

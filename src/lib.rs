@@ -22,11 +22,13 @@
 //! | [`store`] | store paths, Nix base32, NAR hashing, validity records, locks, verify, gc |
 //! | [`build`] | the scheduler, the hermetic builder process, `--explain`, `--check` |
 //! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`; `source` is built in) |
+//! | [`archive`] | reproducible `.tar.zst` packing of a root filesystem, safe unpacking of rootfs tarballs |
 //! | [`ops`] | one function per command, called by the CLI |
 //! | [`cli`] | clap definitions, output formatting, exit codes |
 //!
 //! The library never prints; `src/main.rs` is a thin shell over [`cli::main`].
 
+pub mod archive;
 pub mod build;
 pub mod builders;
 pub mod cli;

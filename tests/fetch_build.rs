@@ -312,7 +312,7 @@ fn bookworm_set_is_fetched_then_rebuilt_offline_and_shared() {
     let packages = lock.matches("{ name = ").count();
     assert!(packages > 10, "essential + hello: {packages} packages");
 
-    let stderr = fixture.fails(&["build", "image:small", "--offline"]);
+    let stderr = fixture.fails(&["build", "image:small#packages", "--offline"]);
     assert!(
         stderr.contains(&format!(
             "--offline: {packages} inputs would need the network"
@@ -320,7 +320,7 @@ fn bookworm_set_is_fetched_then_rebuilt_offline_and_shared() {
         "{stderr}"
     );
 
-    let built = fixture.ok(&["build", "image:small", "--json"]);
+    let built = fixture.ok(&["build", "image:small#packages", "--json"]);
     let first = results(&built);
     let fetched = first
         .iter()
@@ -351,7 +351,7 @@ fn bookworm_set_is_fetched_then_rebuilt_offline_and_shared() {
     );
 
     // Rebuilt from the store with the network forbidden: identical.
-    let checked = fixture.ok(&["build", "image:small", "--offline", "--check"]);
+    let checked = fixture.ok(&["build", "image:small#packages", "--offline", "--check"]);
     assert!(
         text(&checked.stderr).contains("identical to the first build"),
         "{}",
@@ -362,7 +362,13 @@ fn bookworm_set_is_fetched_then_rebuilt_offline_and_shared() {
     // offline from the paths the first one fetched.
     fixture.write("images/other.toml", &debian_image("[\"hello\"]"));
     fixture.ok(&["lock"]);
-    let other = fixture.ok(&["build", "image:other", "--offline", "--json", "--no-link"]);
+    let other = fixture.ok(&[
+        "build",
+        "image:other#packages",
+        "--offline",
+        "--json",
+        "--no-link",
+    ]);
     assert_eq!(
         results(&other),
         [(

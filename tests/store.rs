@@ -72,7 +72,7 @@ fn built_names(output: &Output) -> Vec<String> {
 #[test]
 fn second_build_builds_nothing_and_says_so() {
     let fixture = Fixture::new();
-    let first = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    let first = fixture.ok(&["build", "--all", "--part", "overlay", "--json", "--no-link"]);
     assert_eq!(
         built_names(&first),
         [
@@ -84,9 +84,9 @@ fn second_build_builds_nothing_and_says_so() {
             "vault-overlay"
         ]
     );
-    let second = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    let second = fixture.ok(&["build", "--all", "--part", "overlay", "--json", "--no-link"]);
     assert!(built_names(&second).is_empty());
-    let third = fixture.ok(&["build", "--all", "--no-link"]);
+    let third = fixture.ok(&["build", "--all", "--part", "overlay", "--no-link"]);
     assert!(
         text(&third.stderr).contains("nothing to build: 5 targets already built"),
         "{}",
@@ -103,14 +103,14 @@ fn second_build_builds_nothing_and_says_so() {
 #[test]
 fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
     let fixture = Fixture::new();
-    fixture.ok(&["build", "--all", "--no-link"]);
+    fixture.ok(&["build", "--all", "--part", "overlay", "--no-link"]);
     // Only `db` imports postgresql.
     let module = fixture.repo().join("modules/postgresql.toml");
     let changed = std::fs::read_to_string(&module)
         .unwrap()
         .replace("default = 5432", "default = 5433");
     std::fs::write(&module, changed).unwrap();
-    let dry = fixture.ok(&["build", "--all", "--dry-run"]);
+    let dry = fixture.ok(&["build", "--all", "--part", "overlay", "--dry-run"]);
     let would: Vec<&str> = text(&dry.stdout)
         .leak()
         .lines()
@@ -118,7 +118,7 @@ fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
         .collect();
     assert_eq!(would.len(), 1, "{would:?}");
     assert!(would[0].ends_with("-db-overlay"), "{would:?}");
-    let explain = fixture.ok(&["build", "db", "--explain", "--no-link"]);
+    let explain = fixture.ok(&["build", "db#overlay", "--explain", "--no-link"]);
     let out = text(&explain.stdout);
     // The port, and the config file that interpolates it.
     assert!(
@@ -153,7 +153,7 @@ fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
         ),
     )
     .unwrap();
-    let rebuilt = fixture.ok(&["build", "--all", "--json", "--no-link"]);
+    let rebuilt = fixture.ok(&["build", "--all", "--part", "overlay", "--json", "--no-link"]);
     assert_eq!(
         built_names(&rebuilt),
         [
@@ -170,8 +170,8 @@ fn changing_a_module_rebuilds_exactly_its_dependents_and_explains_why() {
 fn gc_keeps_rooted_paths_and_deletes_the_rest() {
     let fixture = Fixture::new();
     let link = fixture.dir.path().join("keep");
-    fixture.ok(&["build", "vault", "-o", link.to_str().unwrap()]);
-    fixture.ok(&["build", "db", "--no-link"]);
+    fixture.ok(&["build", "vault#overlay", "-o", link.to_str().unwrap()]);
+    fixture.ok(&["build", "db#overlay", "--no-link"]);
     let vault_path = std::fs::read_link(&link).unwrap();
     let dry = fixture.ok(&["store", "gc", "--dry-run", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
@@ -211,7 +211,7 @@ fn gc_keeps_rooted_paths_and_deletes_the_rest() {
 fn verify_finds_corruption_and_nix_agrees_on_hashes() {
     let fixture = Fixture::new();
     let link = fixture.dir.path().join("result");
-    fixture.ok(&["build", "monitoring", "-o", link.to_str().unwrap()]);
+    fixture.ok(&["build", "monitoring#overlay", "-o", link.to_str().unwrap()]);
     let info = fixture.ok(&["store", "path-info", link.to_str().unwrap(), "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let path = std::fs::read_link(&link).unwrap();
@@ -239,7 +239,7 @@ fn verify_finds_corruption_and_nix_agrees_on_hashes() {
         text(&verify.stderr)
     );
     // --check notices too.
-    let check = fixture.kiln(&["build", "monitoring", "--check"]);
+    let check = fixture.kiln(&["build", "monitoring#overlay", "--check"]);
     assert_eq!(check.status.code(), Some(1), "{}", text(&check.stderr));
     assert!(
         text(&check.stderr).contains("root/etc/motd"),
@@ -251,8 +251,8 @@ fn verify_finds_corruption_and_nix_agrees_on_hashes() {
 #[test]
 fn check_of_an_intact_build_is_identical() {
     let fixture = Fixture::new();
-    fixture.ok(&["build", "netbox", "--no-link"]);
-    let check = fixture.ok(&["build", "netbox", "--check"]);
+    fixture.ok(&["build", "netbox#overlay", "--no-link"]);
+    let check = fixture.ok(&["build", "netbox#overlay", "--check"]);
     assert!(
         text(&check.stderr).contains("identical to the first build"),
         "{}",

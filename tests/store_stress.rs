@@ -65,9 +65,21 @@ fn sigkill_at_random_moments_never_leaves_a_bad_valid_path() {
 
     // How long a full build takes here, to spread the kills over it.
     let started = std::time::Instant::now();
-    let full = kiln(&repo, &store, &["build", "--all", "--no-link", "-j", "2"])
-        .output()
-        .unwrap();
+    let full = kiln(
+        &repo,
+        &store,
+        &[
+            "build",
+            "--all",
+            "--part",
+            "overlay",
+            "--no-link",
+            "-j",
+            "2",
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(full.status.success(), "{}", text(&full.stderr));
     let duration = started.elapsed().as_millis().max(50) as u64;
     std::fs::remove_dir_all(&store).unwrap_or_else(|_| {
@@ -79,12 +91,24 @@ fn sigkill_at_random_moments_never_leaves_a_bad_valid_path() {
     let mut rng = Lcg(0x6b696c6e);
     for trial in 0..50 {
         let delay = rng.next() % (duration + duration / 2);
-        let mut child = kiln(&repo, &store, &["build", "--all", "--no-link", "-j", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child = kiln(
+            &repo,
+            &store,
+            &[
+                "build",
+                "--all",
+                "--part",
+                "overlay",
+                "--no-link",
+                "-j",
+                "2",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
         // Kill kiln and every builder it started, as a crash would.
         let _ = Command::new("kill")
@@ -99,9 +123,13 @@ fn sigkill_at_random_moments_never_leaves_a_bad_valid_path() {
         );
     }
     // The next build completes, and everything it registered verifies.
-    let finish = kiln(&repo, &store, &["build", "--all", "--json", "--no-link"])
-        .output()
-        .unwrap();
+    let finish = kiln(
+        &repo,
+        &store,
+        &["build", "--all", "--part", "overlay", "--json", "--no-link"],
+    )
+    .output()
+    .unwrap();
     assert!(finish.status.success(), "{}", text(&finish.stderr));
     let verify = kiln(&repo, &store, &["store", "verify", "--json"])
         .output()
@@ -122,7 +150,16 @@ fn four_builds_at_once_build_each_derivation_exactly_once() {
             kiln(
                 &repo,
                 &store,
-                &["build", "--all", "--json", "--no-link", "-j", "2"],
+                &[
+                    "build",
+                    "--all",
+                    "--part",
+                    "overlay",
+                    "--json",
+                    "--no-link",
+                    "-j",
+                    "2",
+                ],
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

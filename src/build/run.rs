@@ -150,7 +150,7 @@ fn listing(root: &Path, path: &Path, out: &mut BTreeMap<String, String>) {
 pub enum BuilderError {
     #[error("cannot read the derivation {path}: {reason}")]
     Derivation { path: PathBuf, reason: String },
-    #[error("unknown builder `{0}` (this kiln knows: source, overlay, debian-index, fetch)")]
+    #[error("unknown builder `{0}` (this kiln knows: source, overlay, debian-index, lxc, fetch)")]
     Unknown(String),
     #[error("{0}")]
     Failed(String),
@@ -234,6 +234,52 @@ pub fn run_builder(
                 .collect();
             crate::builders::debian_index::render(&packages, &debs, out)
                 .map_err(BuilderError::Failed)
+        }
+        crate::builders::lxc::BUILDER => {
+            let debian: crate::builders::lxc::DebianParams =
+                serde_json::from_str(arg("debian")?)
+                    .map_err(|e| BuilderError::Failed(format!("debian: {e}")))?;
+            let packages: Vec<crate::lock::DebianPackage> = serde_json::from_str(arg("packages")?)
+                .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?;
+            let input_path = |key: &str| {
+                derivation
+                    .inputs
+                    .get(key)
+                    .map(|input| store_root.join(input.path().to_string()))
+                    .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
+            };
+            let debs: BTreeMap<String, PathBuf> = derivation
+                .inputs
+                .iter()
+                .filter_map(|(key, input)| {
+                    key.strip_prefix("deb:")
+                        .map(|file| (file.to_owned(), store_root.join(input.path().to_string())))
+                })
+                .collect();
+            let epoch = derivation
+                .env
+                .get("SOURCE_DATE_EPOCH")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            // Scratch space next to `out`, removed with the build's scratch.
+            let work = out.with_file_name("work");
+            fs::create_dir_all(&work)
+                .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
+            let hash = derivation.hash();
+            let input = crate::builders::lxc::LxcInput {
+                host: arg("host")?,
+                template: arg("template")?,
+                debian: &debian,
+                packages: &packages,
+                index: &input_path("index")?,
+                debs: &debs,
+                overlay: &input_path("overlay")?,
+                epoch,
+                derivation: hash.as_str(),
+                work: &work,
+            };
+            crate::builders::lxc::build(&input, out)
+                .map_err(|e| BuilderError::Failed(e.to_string()))
         }
         crate::builders::fetch::BUILDER => Err(BuilderError::Failed(
             "the fetch builder runs in the kiln process that schedules the build, not in a sandbox"

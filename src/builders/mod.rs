@@ -2,4 +2,5 @@
 
 pub mod debian_index;
 pub mod fetch;
+pub mod lxc;
 pub mod overlay;

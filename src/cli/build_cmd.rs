@@ -16,11 +16,17 @@ use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// HOST, image:NAME or stack:NAME (hosts build their overlay today).
+    /// HOST (its LXC template; a VM host its overlay, for now) or
+    /// image:NAME (its pinned inputs), optionally `#PART`: `HOST#overlay`,
+    /// `HOST#packages`, `image:NAME#packages`.
     pub targets: Vec<Target>,
     /// Build every host.
     #[arg(long)]
     pub all: bool,
+    /// Build only this part of each target that names none (`overlay`:
+    /// a host's overlay; `packages`: the pinned Debian set and its index).
+    #[arg(long, value_name = "PART")]
+    pub part: Option<String>,
     /// Builders to run at once (default: the number of cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -273,6 +279,12 @@ impl FetchProgress for BuildProgress<'_> {
     }
 }
 
+/// A target as part of a result link's name: `image:debian-12` →
+/// `image-debian-12`, `db#overlay` → `db-overlay`.
+fn link_suffix(target: &str) -> String {
+    target.replace([':', '#', '/'], "-")
+}
+
 /// Read lockfile.toml; with `locked`, also require it to pin every input
 /// of the configuration as configured. `None` after printing why not.
 fn read_lock(
@@ -340,10 +352,25 @@ pub(super) fn build(
     let Some(lock) = read_lock(evaluator, args.locked, printer)? else {
         return Ok(ExitCode::from(1));
     };
+    let mut targets = args.targets.clone();
+    if args.all {
+        for name in evaluator.repo.names(crate::config::DocKind::Host) {
+            targets.push(Target {
+                kind: crate::config::DocKind::Host,
+                name: name.to_owned(),
+                part: None,
+            });
+        }
+    }
+    for target in &mut targets {
+        if target.part.is_none() {
+            target.part.clone_from(&args.part);
+        }
+    }
     let Some(plan) = report_failure(
         evaluator,
         printer,
-        ops::build::plan(evaluator, &args.targets, args.all, jobs, &lock),
+        ops::build::plan(evaluator, &targets, false, jobs, &lock),
     ) else {
         return Ok(ExitCode::from(1));
     };
@@ -458,9 +485,11 @@ pub(super) fn build(
         for (target, hash) in &plan.roots {
             let link = match (&args.out_link, several) {
                 (Some(link), false) => link.clone(),
-                (Some(link), true) => PathBuf::from(format!("{}-{target}", link.display())),
+                (Some(link), true) => {
+                    PathBuf::from(format!("{}-{}", link.display(), link_suffix(target)))
+                }
                 (None, false) => PathBuf::from("result"),
-                (None, true) => PathBuf::from(format!("result-{target}")),
+                (None, true) => PathBuf::from(format!("result-{}", link_suffix(target))),
             };
             store.add_result_link(&link, plan.output(hash))?;
         }

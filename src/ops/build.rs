@@ -6,7 +6,7 @@ use super::{EvalFailure, Target};
 use crate::config::diagnostic::Diagnostic;
 use crate::config::{DocId, DocKind};
 use crate::eval::Evaluator;
-use crate::eval::spec::{HostSpec, ImageBase, ImageSpec};
+use crate::eval::spec::{GuestKind, HostSpec, ImageBase, ImageSpec};
 use crate::lock::Lockfile;
 use crate::lock::inputs::{LockStatus, status, wanted};
 use crate::plan::{Plan, PlanError};
@@ -30,6 +30,16 @@ pub enum PlanFailure {
     NoTargets,
     /// The lockfile does not pin an input of the targets as configured.
     Lock(LockStatus),
+    /// `TARGET#PART` names no part of that target.
+    UnknownPart {
+        target: String,
+        part: String,
+    },
+    /// A host to be built from packages whose image has no Debian base.
+    NoDebianBase {
+        target: String,
+        image: String,
+    },
 }
 
 impl std::fmt::Display for PlanFailure {
@@ -49,6 +59,14 @@ impl std::fmt::Display for PlanFailure {
                 f,
                 "`{}:{}` has nothing to build yet: this kiln builds hosts (their overlay) and the pinned inputs of images with a `debian` or `url` base; stack builders come next",
                 target.kind, target.name
+            ),
+            PlanFailure::UnknownPart { target, part } => write!(
+                f,
+                "`{target}`: no part `{part}` (a host has `overlay` and `packages`, an image `packages`)"
+            ),
+            PlanFailure::NoDebianBase { target, image } => write!(
+                f,
+                "`{target}`: its image `{image}` is not built from a Debian package set (a `url` base is not bootstrapped yet), so its packages cannot be installed"
             ),
             PlanFailure::Lock(status) => write!(
                 f,
@@ -74,12 +92,39 @@ impl PlanFailure {
     }
 }
 
+/// What a host or image target builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// The whole thing: a host's template (its overlay for VM hosts, until
+    /// the VM builder lands); an image's pinned inputs.
+    Whole,
+    /// A host's overlay only (needs no input).
+    Overlay,
+    /// The pinned Debian set (its fetches and index) only.
+    Packages,
+}
+
+impl Part {
+    fn of(target: &Target) -> Result<Part, PlanFailure> {
+        match (target.kind, target.part.as_deref()) {
+            (_, None) => Ok(Part::Whole),
+            (DocKind::Host, Some("overlay")) => Ok(Part::Overlay),
+            (DocKind::Host | DocKind::Image, Some("packages")) => Ok(Part::Packages),
+            (_, Some(other)) => Err(PlanFailure::UnknownPart {
+                target: target.to_string(),
+                part: other.to_owned(),
+            }),
+        }
+    }
+}
+
 /// Evaluate the targets (every host with `all`) and plan their derivations,
 /// evaluating up to `jobs` hosts at once.
 ///
-/// Every input the targets are built from (for a host, its image's; for an
-/// image, its own) must be pinned in `lock` as configured: a target is
-/// never built from an input the lockfile does not vouch for.
+/// Every input the targets are built from (for a host, its own Debian set
+/// or its image's; for an image, its own) must be pinned in `lock` as
+/// configured: a target is never built from an input the lockfile does not
+/// vouch for.
 pub fn plan(
     evaluator: &Evaluator,
     targets: &[Target],
@@ -88,10 +133,12 @@ pub fn plan(
     lock: &Lockfile,
 ) -> Result<Plan, PlanFailure> {
     let repo = &evaluator.repo;
-    let mut hosts = Vec::new();
-    let mut images = Vec::new();
+    let mut hosts: Vec<(DocId, Part, String)> = Vec::new();
+    let mut images: Vec<(DocId, Part, String)> = Vec::new();
     if all {
-        hosts.extend(repo.of_kind(DocKind::Host));
+        for id in repo.of_kind(DocKind::Host) {
+            hosts.push((id, Part::Whole, repo.document(id).name.clone()));
+        }
     }
     for target in targets {
         let Some(id) = repo.find(target.kind, &target.name) else {
@@ -100,33 +147,42 @@ pub fn plan(
                 hint: did_you_mean(&target.name, repo.names(target.kind)),
             }));
         };
+        let part = Part::of(target)?;
         let list = match target.kind {
             DocKind::Host => &mut hosts,
             DocKind::Image => &mut images,
             _ => return Err(PlanFailure::NotBuildable(target.clone())),
         };
-        if !list.contains(&id) {
-            list.push(id);
+        if !list.iter().any(|(i, p, _)| *i == id && *p == part) {
+            list.push((id, part, target.to_string()));
         }
     }
     if hosts.is_empty() && images.is_empty() {
         return Err(PlanFailure::NoTargets);
     }
-    let mut specs = Vec::with_capacity(hosts.len());
+    let mut unique_hosts: Vec<DocId> = Vec::new();
+    for (id, _, _) in &hosts {
+        if !unique_hosts.contains(id) {
+            unique_hosts.push(*id);
+        }
+    }
+    let mut specs: BTreeMap<String, HostSpec> = BTreeMap::new();
     let mut problems = Vec::new();
-    for result in evaluate_hosts(evaluator, &hosts, jobs) {
+    for result in evaluate_hosts(evaluator, &unique_hosts, jobs) {
         match result {
-            Ok(spec) => specs.push(spec),
+            Ok(spec) => {
+                specs.insert(spec.name.clone(), spec);
+            }
             Err(diagnostics) => problems.extend(diagnostics),
         }
     }
     // The images the targets are built from: those asked for, each host's,
     // and the images those extend.
     let mut image_specs: BTreeMap<String, ImageSpec> = BTreeMap::new();
-    let mut pending: Vec<DocId> = images.clone();
+    let mut pending: Vec<DocId> = images.iter().map(|(id, _, _)| *id).collect();
     pending.extend(
         specs
-            .iter()
+            .values()
             .filter_map(|spec| repo.find(DocKind::Image, &spec.image)),
     );
     while let Some(id) = pending.pop() {
@@ -152,10 +208,11 @@ pub fn plan(
             all.finish(&repo.sources),
         )));
     }
+
+    // Which pinned input each target is built from.
+    let host_list: Vec<HostSpec> = specs.values().cloned().collect();
     let image_list: Vec<ImageSpec> = image_specs.values().cloned().collect();
-    let all_wanted = wanted(&specs, &image_list, &[]);
-    // The input each target is built from: an image's own, else the one of
-    // the image it extends; a host's own, else its image's.
+    let all_wanted = wanted(&host_list, &image_list, &[]);
     let image_input = |name: &str| {
         let mut name = name.to_owned();
         for _ in 0..=image_list.len() {
@@ -172,23 +229,31 @@ pub fn plan(
         }
         None
     };
-    let mut used = std::collections::BTreeSet::new();
-    for spec in &specs {
+    let host_input = |spec: &HostSpec| {
         let own = ("debian", format!("host:{}", spec.name));
         if all_wanted.contains_key(&own) {
-            used.insert(own);
-        } else if let Some(key) = image_input(&spec.image) {
+            Some(own)
+        } else {
+            image_input(&spec.image)
+        }
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for (id, part, _) in &hosts {
+        if *part != Part::Overlay
+            && let Some(key) = host_input(&specs[&repo.document(*id).name])
+        {
             used.insert(key);
         }
     }
-    for id in &images {
+    for (id, _, _) in &images {
         if let Some(key) = image_input(&repo.document(*id).name) {
             used.insert(key);
         }
     }
     let used_wanted = all_wanted
-        .into_iter()
-        .filter(|(key, _)| used.contains(key))
+        .iter()
+        .filter(|(key, _)| used.contains(*key))
+        .map(|(key, want)| (key.clone(), want.clone()))
         .collect();
     let mut lock_status = status(lock, &used_wanted);
     // Pins of other targets are not this build's business.
@@ -196,46 +261,91 @@ pub fn plan(
     if !lock_status.up_to_date() {
         return Err(PlanFailure::Lock(lock_status));
     }
+
     let mut plan = Plan::default();
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
-    for spec in specs {
-        for file in spec.config.files.values() {
-            let Some(source) = &file.source else { continue };
-            if hashes.contains_key(source) {
-                continue;
-            }
-            let hash = nar::hash(&repo.root.join(source)).map_err(|e| PlanFailure::Source {
-                file: source.clone(),
-                reason: e.to_string(),
-            })?;
-            hashes.insert(source.clone(), hash.to_hex());
-        }
-        plan.add_host(&spec, &hashes).map_err(PlanFailure::Plan)?;
-    }
-    for id in images {
-        let name = &repo.document(id).name;
-        let spec = &image_specs[name];
-        let key = format!("image:{name}");
+    for (id, part, target) in &hosts {
+        let spec = &specs[&repo.document(*id).name];
+        hash_sources(&repo.root, &spec.config, &mut hashes)?;
+        let overlay = plan.add_host(spec, &hashes).map_err(PlanFailure::Plan)?;
         // The lock check above guarantees the entries exist.
-        let root = match &spec.base {
-            ImageBase::Debian { .. } => lock
-                .debian
-                .get(&key)
-                .map(|entry| plan.add_debian_packages(name, entry)),
-            ImageBase::Url { .. } => lock.url.get(&key).map(|entry| plan.add_url_input(entry)),
-            ImageBase::Image(_) => None,
+        let debian = host_input(spec)
+            .filter(|(kind, _)| *kind == "debian")
+            .and_then(|(_, id)| lock.debian.get(&id).map(|entry| (id, entry)));
+        let root = match (part, spec.guest, debian) {
+            (Part::Overlay, _, _) | (Part::Whole, GuestKind::Vm, _) => overlay,
+            (Part::Packages, _, Some((id, entry))) => plan
+                .add_debian_packages(id.split_once(':').map_or(&id[..], |(_, n)| n), entry)
+                .map_err(PlanFailure::Plan)?,
+            (Part::Whole, GuestKind::Lxc, Some((_, entry))) => {
+                let version = image_specs
+                    .get(&spec.image)
+                    .map_or("0", |i| i.image_version.as_str());
+                plan.add_lxc_template(&spec.name, &overlay, entry, version)
+                    .map_err(PlanFailure::Plan)?
+            }
+            (_, _, None) => {
+                return Err(PlanFailure::NoDebianBase {
+                    target: target.clone(),
+                    image: spec.image.clone(),
+                });
+            }
+        };
+        plan.add_root(target, root);
+    }
+    for (id, part, target) in &images {
+        let name = &repo.document(*id).name;
+        let spec = &image_specs[name];
+        let root = match image_input(name) {
+            Some(("debian", input)) => {
+                let entry = &lock.debian[&input];
+                if *part == Part::Whole && spec.formats.contains(&GuestKind::Lxc) {
+                    hash_sources(&repo.root, &spec.config, &mut hashes)?;
+                    let overlay = plan
+                        .add_overlay(name, &spec.config, &hashes)
+                        .map_err(PlanFailure::Plan)?;
+                    Some(plan.add_lxc_template(name, &overlay, entry, &spec.image_version))
+                } else {
+                    let set = input.split_once(':').map_or(&input[..], |(_, n)| n);
+                    Some(plan.add_debian_packages(set, entry))
+                }
+            }
+            Some(("url", input)) => lock.url.get(&input).map(|entry| plan.add_url_input(entry)),
+            _ => None,
         };
         match root {
-            Some(hash) => plan.add_root(&key, hash.map_err(PlanFailure::Plan)?),
+            Some(hash) => plan.add_root(target, hash.map_err(PlanFailure::Plan)?),
             None => {
                 return Err(PlanFailure::NotBuildable(Target {
                     kind: DocKind::Image,
                     name: name.clone(),
+                    part: None,
                 }));
             }
         }
     }
     Ok(plan)
+}
+
+/// Hash the repo files `config` copies (`files.*.source`) that are not
+/// hashed yet.
+fn hash_sources(
+    root: &std::path::Path,
+    config: &crate::eval::spec::SystemConfig,
+    hashes: &mut BTreeMap<String, String>,
+) -> Result<(), PlanFailure> {
+    for file in config.files.values() {
+        let Some(source) = &file.source else { continue };
+        if hashes.contains_key(source) {
+            continue;
+        }
+        let hash = nar::hash(&root.join(source)).map_err(|e| PlanFailure::Source {
+            file: source.clone(),
+            reason: e.to_string(),
+        })?;
+        hashes.insert(source.clone(), hash.to_hex());
+    }
+    Ok(())
 }
 
 /// Evaluate hosts on up to `jobs` threads; results in the order given.

@@ -23,17 +23,42 @@ pub fn open(explicit: Option<&Path>, cwd: &Path) -> Result<Evaluator, LoadError>
     Ok(Evaluator::new(Repo::load(&root)?))
 }
 
-/// A command-line target: `HOST`, `host:NAME`, `image:NAME` or `stack:NAME`.
+/// A command-line target: `HOST`, `host:NAME`, `image:NAME` or
+/// `stack:NAME`, optionally with `#PART` to build only one stage of it
+/// (`monitoring#overlay`, `monitoring#packages`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub kind: DocKind,
     pub name: String,
+    pub part: Option<String>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind != DocKind::Host {
+            write!(f, "{}:", self.kind)?;
+        }
+        f.write_str(&self.name)?;
+        if let Some(part) = &self.part {
+            write!(f, "#{part}")?;
+        }
+        Ok(())
+    }
 }
 
 impl FromStr for Target {
     type Err = String;
 
-    fn from_str(text: &str) -> Result<Target, String> {
+    fn from_str(whole: &str) -> Result<Target, String> {
+        let (text, part) = match whole.split_once('#') {
+            Some((text, part)) if !part.is_empty() => (text, Some(part.to_owned())),
+            Some(_) => {
+                return Err(format!(
+                    "`{whole}`: nothing after `#` (parts: overlay, packages)"
+                ));
+            }
+            None => (whole, None),
+        };
         let (kind, name) = match text.split_once(':') {
             None => (DocKind::Host, text),
             Some(("host", name)) => (DocKind::Host, name),
@@ -51,6 +76,7 @@ impl FromStr for Target {
         Ok(Target {
             kind,
             name: name.to_owned(),
+            part,
         })
     }
 }

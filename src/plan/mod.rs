@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 pub use derivation::{Derivation, DrvHash, Input, Output, SYSTEM};
 
-use crate::eval::spec::HostSpec;
+use crate::eval::spec::{HostSpec, SystemConfig};
 use crate::lock::{DebianEntry, UrlEntry};
 use crate::store::path::StorePath;
 
@@ -90,7 +90,7 @@ impl Plan {
         &self.outputs[hash]
     }
 
-    /// Add a host: its overlay and the repo files it copies.
+    /// Add a host's overlay and the repo files it copies (not as a root).
     /// `source_hashes` maps repo-relative paths to the hex sha256 of their
     /// NAR serialisation.
     pub fn add_host(
@@ -98,38 +98,47 @@ impl Plan {
         spec: &HostSpec,
         source_hashes: &BTreeMap<String, String>,
     ) -> Result<DrvHash, PlanError> {
+        self.add_overlay(&spec.name, &spec.config, source_hashes)
+    }
+
+    /// Add the overlay of a host or image called `name` with `config`.
+    pub fn add_overlay(
+        &mut self,
+        name: &str,
+        config: &SystemConfig,
+        source_hashes: &BTreeMap<String, String>,
+    ) -> Result<DrvHash, PlanError> {
         let mut inputs = BTreeMap::new();
-        for file in spec.config.files.values() {
+        for file in config.files.values() {
             let Some(source) = &file.source else { continue };
             let nar_sha256 =
                 source_hashes
                     .get(source)
                     .ok_or_else(|| PlanError::MissingSourceHash {
-                        host: spec.name.clone(),
+                        host: name.to_owned(),
                         file: source.clone(),
                     })?;
             let (drv, path) = self.add(source_derivation(source, nar_sha256))?;
             inputs.insert(format!("source:{source}"), Input::Fixed { drv, path });
         }
-        let config = serde_json::to_string(&spec.config).map_err(|error| PlanError::Serialise {
-            target: spec.name.clone(),
+        let config = serde_json::to_string(config).map_err(|error| PlanError::Serialise {
+            target: name.to_owned(),
             reason: error.to_string(),
         })?;
         let overlay = Derivation {
-            name: format!("{}-overlay", spec.name),
+            name: format!("{name}-overlay"),
             builder: "overlay".into(),
             builder_version: OVERLAY_VERSION,
             system: SYSTEM.into(),
             output: Output::Input,
             args: BTreeMap::from([
                 ("config".to_owned(), config),
-                ("host".to_owned(), spec.name.clone()),
+                ("host".to_owned(), name.to_owned()),
             ]),
             inputs,
             env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
         };
         let (hash, _) = self.add(overlay)?;
-        self.roots.push((spec.name.clone(), hash.clone()));
         Ok(hash)
     }
 
@@ -209,6 +218,71 @@ impl Plan {
         Ok(hash)
     }
 
+    /// Add an LXC host's template: the host's pinned Debian set (its
+    /// fetches and index), its overlay (already added: `overlay`), and the
+    /// `lxc` derivation over them. `version` names the template file
+    /// (`HOST_VERSION_amd64.tar.zst`).
+    pub fn add_lxc_template(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        entry: &DebianEntry,
+        version: &str,
+    ) -> Result<DrvHash, PlanError> {
+        let index = self.add_debian_packages(name, entry)?;
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            "index".to_owned(),
+            Input::Derivation {
+                drv: index.clone(),
+                path: self.output(&index).clone(),
+            },
+        );
+        inputs.insert(
+            "overlay".to_owned(),
+            Input::Derivation {
+                drv: overlay.clone(),
+                path: self.output(overlay).clone(),
+            },
+        );
+        for (key, input) in &self.derivations[&index].inputs {
+            inputs.insert(key.clone(), input.clone());
+        }
+        let json = |value: &dyn erased::Json| {
+            value.to_json().map_err(|reason| PlanError::Serialise {
+                target: name.to_owned(),
+                reason,
+            })
+        };
+        let debian = crate::builders::lxc::DebianParams {
+            suite: entry.suite.clone(),
+            architecture: entry.architecture.clone(),
+            mirror: entry.mirror.clone(),
+            components: entry.components.clone(),
+            variant: entry.variant.clone(),
+            requested: entry.requested.clone(),
+        };
+        let (hash, _) = self.add(Derivation {
+            name: format!("{name}-lxc"),
+            builder: crate::builders::lxc::BUILDER.into(),
+            builder_version: crate::builders::lxc::VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args: BTreeMap::from([
+                ("debian".to_owned(), json(&debian)?),
+                ("host".to_owned(), name.to_owned()),
+                ("packages".to_owned(), json(&entry.packages)?),
+                (
+                    "template".to_owned(),
+                    format!("{name}_{version}_{}.tar.zst", entry.architecture),
+                ),
+            ]),
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        })?;
+        Ok(hash)
+    }
+
     /// Mark a derivation as asked for under `target`.
     pub fn add_root(&mut self, target: &str, hash: DrvHash) {
         if !self.roots.iter().any(|(t, h)| t == target && *h == hash) {
@@ -259,6 +333,19 @@ fn source_derivation(repo_path: &str, nar_sha256: &str) -> Derivation {
         args: BTreeMap::from([("path".to_owned(), repo_path.to_owned())]),
         inputs: BTreeMap::new(),
         env: BTreeMap::new(),
+    }
+}
+
+/// Serialising builder arguments to canonical JSON.
+mod erased {
+    pub(super) trait Json {
+        fn to_json(&self) -> Result<String, String>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<String, String> {
+            serde_json::to_string(self).map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -1,0 +1,335 @@
+//! End to end: the example fleet's `monitoring` host as a Proxmox LXC
+//! template, built from Debian packages (fetched through the real mirror,
+//! bootstrapped by mmdebstrap), twice into two stores under different umask,
+//! TZ and locale — identical bytes — then `kiln build --check`, and the
+//! template booted under Debian's `lxc`.
+//!
+//! Needs root, mmdebstrap and lxc (scripts/setup.sh installs them) and
+//! `deb.debian.org`. If the mirror cannot be reached, or the machine
+//! cannot run the tools, the test prints a `NOTICE:` saying why and passes;
+//! any other failure fails it. It is slow (minutes): one test, so CI runs
+//! it once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{copy_tree, root, text};
+
+#[allow(
+    clippy::print_stderr,
+    reason = "a skipped test must say so loudly, and timings are test diagnostics"
+)]
+fn notice(message: &str) {
+    eprintln!("{message}");
+}
+
+fn mirror_reachable() -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addresses) = ("deb.debian.org", 80).to_socket_addrs() else {
+        return false;
+    };
+    addresses
+        .into_iter()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run kiln with a given umask, TZ and locale.
+fn kiln(repo: &Path, store: &Path, umask: &str, tz: &str, locale: &str, args: &[&str]) -> Output {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--color", "never", "--store"])
+        .arg(store)
+        .args(args)
+        .current_dir(repo)
+        .env("TZ", tz)
+        .env("LANG", locale)
+        .env("LC_ALL", locale);
+    command.output().expect("run kiln")
+}
+
+fn ok(output: Output, what: &str) -> Output {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{what}\nstdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    output
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    kiln::plan::derivation::hex(&sha2::Sha256::digest(bytes))
+}
+
+/// The one `.tar.zst` in a template output directory.
+fn template_in(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .expect("a .tar.zst in the output")
+}
+
+/// `tar -tv` lines of the template (GNU tar, numeric owners).
+fn listing(template: &Path) -> String {
+    let output = Command::new("tar")
+        .args(["--zstd", "--numeric-owner", "-tvf"])
+        .arg(template)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+}
+
+#[test]
+fn monitoring_template_is_reproducible_checks_and_boots() {
+    if !rustix::process::geteuid().is_root() {
+        notice("NOTICE: skipping the LXC template test: building templates needs root");
+        return;
+    }
+    if !have("mmdebstrap") {
+        notice(
+            "NOTICE: skipping the LXC template test: mmdebstrap is not installed (scripts/setup.sh installs it)",
+        );
+        return;
+    }
+    if !mirror_reachable() {
+        notice("NOTICE: skipping the LXC template test: deb.debian.org is unreachable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    for part in ["hosts", "images", "modules", "stacks"] {
+        copy_tree(&root().join(part), &repo.join(part));
+    }
+    std::fs::copy(root().join("lockfile.toml"), repo.join("lockfile.toml")).unwrap();
+    let (store_a, store_b) = (dir.path().join("store-a"), dir.path().join("store-b"));
+
+    let started = Instant::now();
+    ok(
+        kiln(
+            &repo,
+            &store_a,
+            "022",
+            "UTC",
+            "C.UTF-8",
+            &["build", "monitoring", "-o", "a"],
+        ),
+        "first build",
+    );
+    let first = started.elapsed();
+    ok(
+        kiln(
+            &repo,
+            &store_b,
+            "077",
+            "Pacific/Chatham",
+            "de_DE.UTF-8",
+            &["build", "monitoring", "-o", "b"],
+        ),
+        "second build (other store, umask, TZ, locale)",
+    );
+    notice(&format!(
+        "monitoring template: first build {first:.0?}, both {:.0?}",
+        started.elapsed()
+    ));
+    let (out_a, out_b) = (repo.join("a"), repo.join("b"));
+    let (template_a, template_b) = (template_in(&out_a), template_in(&out_b));
+    assert_eq!(
+        template_a.file_name().unwrap(),
+        "monitoring_12.8_amd64.tar.zst"
+    );
+    assert_eq!(sha256(&template_a), sha256(&template_b), "templates differ");
+    for file in ["manifest.json", "sbom.spdx.json"] {
+        assert_eq!(
+            std::fs::read(out_a.join(file)).unwrap(),
+            std::fs::read(out_b.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+
+    // Clean of identity.
+    let list = listing(&template_a);
+    assert!(!list.contains("ssh_host_"), "SSH host keys in the template");
+    let machine_id = list
+        .lines()
+        .find(|l| l.ends_with(" ./etc/machine-id"))
+        .expect("/etc/machine-id present");
+    assert!(
+        machine_id.split_whitespace().nth(2) == Some("0"),
+        "machine-id not empty: {machine_id}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["template"]["sha256"], sha256(&template_a));
+    let removed: Vec<&str> = manifest["hygiene"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        removed.iter().any(|p| p.starts_with("/etc/ssh/ssh_host_")),
+        "{removed:?}"
+    );
+    let packages: Vec<&str> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(packages.contains(&"prometheus"), "{packages:?}");
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_a.join("sbom.spdx.json")).unwrap()).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    assert_eq!(
+        sbom["packages"].as_array().unwrap().len(),
+        packages.len() + 1
+    );
+
+    // Rebuilt and compared byte for byte.
+    let check = ok(
+        kiln(
+            &repo,
+            &store_a,
+            "022",
+            "UTC",
+            "C.UTF-8",
+            &["build", "monitoring", "--check"],
+        ),
+        "kiln build --check monitoring",
+    );
+    assert!(
+        text(&check.stderr).contains("identical to the first build"),
+        "{}",
+        text(&check.stderr)
+    );
+
+    boot(&template_a);
+}
+
+/// Boot the template under LXC and look inside.
+fn boot(template: &Path) {
+    if !have("lxc-start") {
+        notice(
+            "NOTICE: skipping the LXC boot: lxc is not installed (scripts/setup.sh installs it)",
+        );
+        return;
+    }
+    let name = format!("kiln-test-{}", std::process::id());
+    let lxc_path = tempfile::tempdir().unwrap();
+    let container = lxc_path.path().join(&name);
+    let rootfs = container.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let unpacked = Command::new("tar")
+        .args([
+            "--zstd",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-xpf",
+        ])
+        .arg(template)
+        .arg("-C")
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success(), "{}", text(&unpacked.stderr));
+    std::fs::write(
+        container.join("config"),
+        format!(
+            "lxc.include = /usr/share/lxc/config/common.conf\n\
+             lxc.arch = x86_64\n\
+             lxc.uts.name = monitoring\n\
+             lxc.rootfs.path = dir:{}\n\
+             lxc.net.0.type = empty\n\
+             lxc.apparmor.profile = unconfined\n",
+            rootfs.display()
+        ),
+    )
+    .unwrap();
+    let lxc = |args: &[&str]| {
+        Command::new(args[0])
+            .args(["-P"])
+            .arg(lxc_path.path())
+            .args(["-n", &name])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    let start = lxc(&["lxc-start", "-d"]);
+    if !start.status.success() {
+        let stderr = text(&start.stderr);
+        // A machine where containers cannot run at all (no cgroups, nested
+        // without privileges) says so; that is not kiln's failure.
+        if stderr.contains("cgroup") || stderr.contains("Operation not permitted") {
+            notice(&format!(
+                "NOTICE: skipping the LXC boot: lxc-start cannot run here: {stderr}"
+            ));
+            return;
+        }
+        panic!("lxc-start failed: {stderr}");
+    }
+    let attach =
+        |command: &str| lxc(&["lxc-attach", "--clear-env", "--", "/bin/sh", "-c", command]);
+    // systemd reaches running, or degraded with the failed units named.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let state = loop {
+        let output = attach("systemctl is-system-running --wait");
+        let state = text(&output.stdout).trim().to_owned();
+        if state == "running" || state == "degraded" || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let failed = text(&attach("systemctl --failed --no-legend --plain").stdout);
+    let checks = [
+        ("id ops", "uid=1000(ops)"),
+        ("getent group sudo", "ops"),
+        ("cat /etc/hostname", "monitoring"),
+        ("systemctl is-enabled prometheus.service", "enabled"),
+        ("systemctl is-enabled kiln-backup.timer", "enabled"),
+        (
+            "cat /etc/prometheus/file_sd/nodes.yml",
+            "monitoring.home.arpa:9100",
+        ),
+        ("test -s /etc/ssh/ssh_host_ed25519_key && echo keys", "keys"),
+        ("test -s /etc/machine-id && echo id", "id"),
+        ("cat /home/ops/.ssh/authorized_keys", "ops@homelab"),
+    ];
+    let mut results = Vec::new();
+    for (command, expected) in checks {
+        let output = attach(command);
+        results.push((command, expected, text(&output.stdout)));
+    }
+    let _ = lxc(&["lxc-stop", "-k"]);
+    notice(&format!(
+        "LXC boot: systemd {state}; failed units: {failed:?}"
+    ));
+    assert!(
+        state == "running" || state == "degraded",
+        "systemd did not come up: `{state}`; failed units:\n{failed}"
+    );
+    for (command, expected, stdout) in results {
+        assert!(
+            stdout.contains(expected),
+            "`{command}` printed {stdout:?}, expected {expected:?}"
+        );
+    }
+}
