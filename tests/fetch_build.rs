@@ -118,9 +118,11 @@ fn results(output: &Output) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// A VM image whose disk is a pinned download (building it builds the
+/// download).
 fn url_image(url: &str) -> String {
     format!(
-        "[image]\nformats = [\"lxc\"]\nversion = \"1\"\n\n[image.base.url]\nurl = \"{url}\"\nformat = \"tar\"\n"
+        "[image]\nformats = [\"vm\"]\nversion = \"1\"\n\n[image.base.url]\nurl = \"{url}\"\nformat = \"raw\"\n"
     )
 }
 

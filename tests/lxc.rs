@@ -333,3 +333,187 @@ fn boot(template: &Path) {
         );
     }
 }
+
+/// A small rootfs tarball (made with GNU tar), its `file://` URL.
+fn rootfs_tarball(dir: &Path, name: &str) -> String {
+    let tree = dir.join(format!("{name}-tree"));
+    for sub in [
+        "sbin", "bin", "usr/lib", "var/log", "tmp", "root", "etc/ssh", "dev",
+    ] {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+    }
+    let files = [
+        ("usr/lib/os-release", "ID=mini\nNAME=\"A tiny rootfs\"\n"),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:::::::\n"),
+        ("etc/gshadow", "root:*::\n"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        (
+            "etc/ssh/ssh_host_ed25519_key",
+            "a key every clone would share\n",
+        ),
+        ("var/log/build.log", "built somewhere\n"),
+    ];
+    for (path, text) in files {
+        std::fs::write(tree.join(path), text).unwrap();
+    }
+    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
+    let served = dir.join(format!("{name}.tar.gz"));
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&served)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    format!("file://{}", served.display())
+}
+
+fn tarball_repo(dir: &Path, url: &str) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("images")).unwrap();
+    std::fs::write(
+        repo.join("images/mini.toml"),
+        format!(
+            "[image]\nformats = [\"lxc\"]\nversion = \"1.0\"\n\n[image.base.url]\nurl = \"{url}\"\n\n[config]\nhostname = \"mini\"\n"
+        ),
+    )
+    .unwrap();
+    repo
+}
+
+#[test]
+fn tarball_base_template_is_reproducible_and_clean() {
+    if !rustix::process::geteuid().is_root() {
+        notice("NOTICE: skipping the tarball template test: building templates needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = rootfs_tarball(dir.path(), "mini");
+    let repo = tarball_repo(dir.path(), &url);
+    let (store_a, store_b) = (dir.path().join("store-a"), dir.path().join("store-b"));
+    ok(
+        kiln(&repo, &store_a, "022", "UTC", "C.UTF-8", &["lock"]),
+        "lock",
+    );
+    ok(
+        kiln(
+            &repo,
+            &store_a,
+            "022",
+            "UTC",
+            "C.UTF-8",
+            &["build", "image:mini", "-o", "a"],
+        ),
+        "first build",
+    );
+    ok(
+        kiln(
+            &repo,
+            &store_b,
+            "077",
+            "Asia/Kolkata",
+            "C",
+            &["build", "image:mini", "-o", "b"],
+        ),
+        "second build",
+    );
+    let (a, b) = (template_in(&repo.join("a")), template_in(&repo.join("b")));
+    assert_eq!(a.file_name().unwrap(), "mini_1.0_amd64.tar.zst");
+    assert_eq!(sha256(&a), sha256(&b));
+    let list = listing(&a);
+    assert!(!list.contains("ssh_host_"), "{list}");
+    assert!(!list.contains("build.log"), "{list}");
+    assert!(list.contains(" ./sbin/\n"), "{list}");
+    assert!(list.contains(" ./etc/hostname\n"), "{list}");
+    let machine_id = list
+        .lines()
+        .find(|l| l.ends_with(" ./etc/machine-id"))
+        .unwrap();
+    assert_eq!(
+        machine_id.split_whitespace().nth(2),
+        Some("0"),
+        "{machine_id}"
+    );
+}
+
+#[test]
+fn tarball_that_escapes_its_root_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        notice("NOTICE: skipping the tarball escape test: building templates needs root");
+        return;
+    }
+    // (entry kind, path, link target) lists, crafted with Python's tarfile.
+    let cases: [(&str, &str); 3] = [
+        ("dotdot", "add('../evil', 'file')"),
+        (
+            "through-symlink",
+            "add('link', 'symlink', '/tmp'); add('link/evil', 'file')",
+        ),
+        ("hardlink", "add('hard', 'hardlink', '../../etc/passwd')"),
+    ];
+    for (name, entries) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(format!("{name}.tar"));
+        let script = format!(
+            r#"
+import io, tarfile
+t = tarfile.open({archive:?}, 'w', format=tarfile.PAX_FORMAT)
+def add(path, kind, target=''):
+    info = tarfile.TarInfo(path)
+    if kind == 'file':
+        data = b'owned\n'
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+        return
+    info.type = tarfile.SYMTYPE if kind == 'symlink' else tarfile.LNKTYPE
+    info.linkname = target
+    t.addfile(info)
+for d in ['sbin', 'etc', 'usr', 'var', 'tmp', 'root', 'bin', 'dev', 'run', 'srv']:
+    info = tarfile.TarInfo(d); info.type = tarfile.DIRTYPE; info.mode = 0o755; t.addfile(info)
+{entries}
+t.close()
+"#,
+            archive = archive.to_str().unwrap(),
+            entries = entries.replace("; ", "\n")
+        );
+        let made = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        let repo = tarball_repo(dir.path(), &format!("file://{}", archive.display()));
+        let store = dir.path().join("store");
+        ok(
+            kiln(&repo, &store, "022", "UTC", "C.UTF-8", &["lock"]),
+            "lock",
+        );
+        let failed = kiln(
+            &repo,
+            &store,
+            "022",
+            "UTC",
+            "C.UTF-8",
+            &["build", "image:mini"],
+        );
+        let stderr = text(&failed.stderr);
+        assert_eq!(failed.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("base rootfs") && stderr.contains(&format!("{name}.tar")),
+            "{name}: the error names the archive: {stderr}"
+        );
+        assert!(!Path::new("/evil").exists() && !Path::new("/tmp/evil").exists());
+        assert!(!repo.join("result").exists(), "{name}");
+        notice(&format!(
+            "{name}: {}",
+            stderr
+                .lines()
+                .find(|l| l.contains("base rootfs"))
+                .unwrap_or("")
+        ));
+    }
+}

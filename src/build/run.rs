@@ -236,11 +236,6 @@ pub fn run_builder(
                 .map_err(BuilderError::Failed)
         }
         crate::builders::lxc::BUILDER => {
-            let debian: crate::builders::lxc::DebianParams =
-                serde_json::from_str(arg("debian")?)
-                    .map_err(|e| BuilderError::Failed(format!("debian: {e}")))?;
-            let packages: Vec<crate::lock::DebianPackage> = serde_json::from_str(arg("packages")?)
-                .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?;
             let input_path = |key: &str| {
                 derivation
                     .inputs
@@ -266,13 +261,37 @@ pub fn run_builder(
             fs::create_dir_all(&work)
                 .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
             let hash = derivation.hash();
+            let debian: Option<crate::builders::lxc::DebianParams> = derivation
+                .args
+                .get("debian")
+                .map(|text| serde_json::from_str(text))
+                .transpose()
+                .map_err(|e| BuilderError::Failed(format!("debian: {e}")))?;
+            let packages: Vec<crate::lock::DebianPackage> = match derivation.args.get("packages") {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?,
+                None => Vec::new(),
+            };
+            let index = input_path("index");
+            let tarball = input_path("base");
+            let base = match (&debian, &index, &tarball) {
+                (Some(debian), Ok(index), _) => crate::builders::lxc::Base::Debian {
+                    debian,
+                    packages: &packages,
+                    index,
+                    debs: &debs,
+                },
+                (None, _, Ok(archive)) => crate::builders::lxc::Base::Tarball { archive },
+                _ => {
+                    return Err(BuilderError::Failed(
+                        "an lxc derivation needs a Debian set (`debian`, `index`) or a `base` tarball".into(),
+                    ));
+                }
+            };
             let input = crate::builders::lxc::LxcInput {
                 host: arg("host")?,
                 template: arg("template")?,
-                debian: &debian,
-                packages: &packages,
-                index: &input_path("index")?,
-                debs: &debs,
+                base,
                 overlay: &input_path("overlay")?,
                 epoch,
                 derivation: hash.as_str(),

@@ -66,7 +66,7 @@ impl std::fmt::Display for PlanFailure {
             ),
             PlanFailure::NoDebianBase { target, image } => write!(
                 f,
-                "`{target}`: its image `{image}` is not built from a Debian package set (a `url` base is not bootstrapped yet), so its packages cannot be installed"
+                "`{target}`: its image `{image}` is not built from a Debian package set, so its `packages` cannot be installed (a `url` base is used as it is: leave `packages` empty, or bootstrap from `base.debian`)"
             ),
             PlanFailure::Lock(status) => write!(
                 f,
@@ -269,21 +269,33 @@ pub fn plan(
         hash_sources(&repo.root, &spec.config, &mut hashes)?;
         let overlay = plan.add_host(spec, &hashes).map_err(PlanFailure::Plan)?;
         // The lock check above guarantees the entries exist.
-        let debian = host_input(spec)
+        let input = host_input(spec);
+        let debian = input
+            .as_ref()
             .filter(|(kind, _)| *kind == "debian")
-            .and_then(|(_, id)| lock.debian.get(&id).map(|entry| (id, entry)));
+            .and_then(|(_, id)| lock.debian.get(id).map(|entry| (id.clone(), entry)));
+        let tarball = input
+            .as_ref()
+            .filter(|(kind, _)| *kind == "url")
+            .and_then(|(_, id)| lock.url.get(id));
+        let image = image_specs.get(&spec.image);
+        let version = image.map_or("0", |i| i.image_version.as_str());
         let root = match (part, spec.guest, debian) {
             (Part::Overlay, _, _) | (Part::Whole, GuestKind::Vm, _) => overlay,
+            (Part::Whole, GuestKind::Lxc, None)
+                if spec.config.packages.is_empty()
+                    && let Some(entry) = tarball =>
+            {
+                let arch = image.map_or("amd64", |i| i.arch.as_str());
+                plan.add_lxc_template_from_tarball(&spec.name, &overlay, entry, version, arch)
+                    .map_err(PlanFailure::Plan)?
+            }
             (Part::Packages, _, Some((id, entry))) => plan
                 .add_debian_packages(id.split_once(':').map_or(&id[..], |(_, n)| n), entry)
                 .map_err(PlanFailure::Plan)?,
-            (Part::Whole, GuestKind::Lxc, Some((_, entry))) => {
-                let version = image_specs
-                    .get(&spec.image)
-                    .map_or("0", |i| i.image_version.as_str());
-                plan.add_lxc_template(&spec.name, &overlay, entry, version)
-                    .map_err(PlanFailure::Plan)?
-            }
+            (Part::Whole, GuestKind::Lxc, Some((_, entry))) => plan
+                .add_lxc_template(&spec.name, &overlay, entry, version)
+                .map_err(PlanFailure::Plan)?,
             (_, _, None) => {
                 return Err(PlanFailure::NoDebianBase {
                     target: target.clone(),
@@ -310,7 +322,27 @@ pub fn plan(
                     Some(plan.add_debian_packages(set, entry))
                 }
             }
-            Some(("url", input)) => lock.url.get(&input).map(|entry| plan.add_url_input(entry)),
+            Some(("url", input)) => {
+                let entry = &lock.url[&input];
+                if *part == Part::Whole
+                    && spec.formats.contains(&GuestKind::Lxc)
+                    && spec.config.packages.is_empty()
+                {
+                    hash_sources(&repo.root, &spec.config, &mut hashes)?;
+                    let overlay = plan
+                        .add_overlay(name, &spec.config, &hashes)
+                        .map_err(PlanFailure::Plan)?;
+                    Some(plan.add_lxc_template_from_tarball(
+                        name,
+                        &overlay,
+                        entry,
+                        &spec.image_version,
+                        &spec.arch,
+                    ))
+                } else {
+                    Some(plan.add_url_input(entry))
+                }
+            }
             _ => None,
         };
         match root {

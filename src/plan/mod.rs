@@ -283,6 +283,52 @@ impl Plan {
         Ok(hash)
     }
 
+    /// Add a template built from a pinned rootfs tarball (a `url` input)
+    /// and the overlay `overlay`.
+    pub fn add_lxc_template_from_tarball(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        entry: &UrlEntry,
+        version: &str,
+        architecture: &str,
+    ) -> Result<DrvHash, PlanError> {
+        let base = self.add_url_input(entry)?;
+        let inputs = BTreeMap::from([
+            (
+                "base".to_owned(),
+                Input::Fixed {
+                    drv: base.clone(),
+                    path: self.output(&base).clone(),
+                },
+            ),
+            (
+                "overlay".to_owned(),
+                Input::Derivation {
+                    drv: overlay.clone(),
+                    path: self.output(overlay).clone(),
+                },
+            ),
+        ]);
+        let (hash, _) = self.add(Derivation {
+            name: format!("{name}-lxc"),
+            builder: crate::builders::lxc::BUILDER.into(),
+            builder_version: crate::builders::lxc::VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args: BTreeMap::from([
+                ("host".to_owned(), name.to_owned()),
+                (
+                    "template".to_owned(),
+                    format!("{name}_{version}_{architecture}.tar.zst"),
+                ),
+            ]),
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        })?;
+        Ok(hash)
+    }
+
     /// Mark a derivation as asked for under `target`.
     pub fn add_root(&mut self, target: &str, hash: DrvHash) {
         if !self.roots.iter().any(|(t, h)| t == target && *h == hash) {

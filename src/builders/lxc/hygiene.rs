@@ -14,8 +14,9 @@
 //! | `__pycache__` directories | bytecode is not byte-stable across builds; Python recreates it |
 //! | `/tmp/*`, `/var/tmp/*` | scratch |
 //!
-//! `/etc/apt/sources.list` is rewritten to the lockfile's mirror, since the
-//! one mmdebstrap wrote points at the build's scratch repository.
+//! For a Debian bootstrap, `/etc/apt/sources.list` is rewritten to the
+//! lockfile's mirror, since the one mmdebstrap wrote points at the build's
+//! scratch repository.
 
 use std::fs;
 use std::path::Path;
@@ -34,7 +35,10 @@ pub struct Removal {
 }
 
 /// Clean `rootfs`; the list is sorted by path.
-pub(super) fn clean(rootfs: &Path, debian: &DebianParams) -> Result<Vec<Removal>, LxcError> {
+pub(super) fn clean(
+    rootfs: &Path,
+    debian: Option<&DebianParams>,
+) -> Result<Vec<Removal>, LxcError> {
     let mut done = Vec::new();
     let io = |path: &Path, e: std::io::Error| LxcError::Io(format!("{}: {e}", path.display()));
     let guest = |path: &Path| {
@@ -144,18 +148,20 @@ pub(super) fn clean(rootfs: &Path, debian: &DebianParams) -> Result<Vec<Removal>
     remove_files_below(rootfs, &rootfs.join("var/log"), &mut done)?;
     remove_named_dirs(rootfs, rootfs, "__pycache__", &mut done)?;
 
-    let sources = rootfs.join("etc/apt/sources.list");
-    let line = format!(
-        "deb {} {} {}\n",
-        debian.mirror,
-        debian.suite,
-        debian.components.join(" ")
-    );
-    fs::write(&sources, line).map_err(|e| io(&sources, e))?;
-    done.push(Removal {
-        path: "/etc/apt/sources.list".into(),
-        action: "rewritten",
-    });
+    if let Some(debian) = debian {
+        let sources = rootfs.join("etc/apt/sources.list");
+        let line = format!(
+            "deb {} {} {}\n",
+            debian.mirror,
+            debian.suite,
+            debian.components.join(" ")
+        );
+        fs::write(&sources, line).map_err(|e| io(&sources, e))?;
+        done.push(Removal {
+            path: "/etc/apt/sources.list".into(),
+            action: "rewritten",
+        });
+    }
     done.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(done)
 }

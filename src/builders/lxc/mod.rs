@@ -46,17 +46,27 @@ pub struct DebianParams {
     pub requested: Vec<String>,
 }
 
+/// Where the root filesystem starts.
+pub enum Base<'a> {
+    /// Bootstrapped with mmdebstrap from the locked package set.
+    Debian {
+        debian: &'a DebianParams,
+        packages: &'a [DebianPackage],
+        /// The `debian-index` output (holds `Packages`).
+        index: &'a Path,
+        /// `.deb` file name → store path.
+        debs: &'a BTreeMap<String, PathBuf>,
+    },
+    /// A pinned rootfs tarball (a `url` input), unpacked safely.
+    Tarball { archive: &'a Path },
+}
+
 /// Everything one template is built from.
 pub struct LxcInput<'a> {
     pub host: &'a str,
     /// `NAME_VERSION_ARCH.tar.zst`.
     pub template: &'a str,
-    pub debian: &'a DebianParams,
-    pub packages: &'a [DebianPackage],
-    /// The `debian-index` output (holds `Packages`).
-    pub index: &'a Path,
-    /// `.deb` file name → store path.
-    pub debs: &'a BTreeMap<String, PathBuf>,
+    pub base: Base<'a>,
     /// The `overlay` output.
     pub overlay: &'a Path,
     pub epoch: u64,
@@ -81,6 +91,8 @@ pub enum LxcError {
     NeedsRoot,
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    #[error("base rootfs: {0}")]
+    Base(String),
     #[error("overlay: {0}")]
     Overlay(String),
     #[error("{what} `{name}` has id {id}, which `{other}` in the rootfs already has: {hint}")]
@@ -105,7 +117,9 @@ pub struct TemplateManifest<'a> {
     pub derivation: &'a str,
     pub epoch: u64,
     pub template: TemplateFile<'a>,
-    pub debian: &'a DebianParams,
+    /// The Debian set it was bootstrapped from (absent for a tarball base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debian: Option<&'a DebianParams>,
     pub packages: &'a [sbom::Installed],
     pub files: u64,
     pub hygiene: &'a [hygiene::Removal],
@@ -139,18 +153,37 @@ WantedBy=multi-user.target
 /// Build the template into `out` (a new directory).
 pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
     lint::check_name(input.template)?;
-    let repo = input.work.join("repo");
     let rootfs = input.work.join("rootfs");
-    bootstrap::local_repository(&repo, input.index, input.debs, input.debian)?;
-    bootstrap::mmdebstrap(
-        &rootfs,
-        &repo,
-        input.debian,
-        input.epoch,
-        &input.work.join("mmdebstrap.log"),
-    )?;
-    let packages = sbom::installed(&rootfs, input.packages)?;
-    let removed = hygiene::clean(&rootfs, input.debian)?;
+    let (packages, removed) = match &input.base {
+        Base::Debian {
+            debian,
+            packages,
+            index,
+            debs,
+        } => {
+            let repo = input.work.join("repo");
+            bootstrap::local_repository(&repo, index, debs, debian)?;
+            bootstrap::mmdebstrap(
+                &rootfs,
+                &repo,
+                debian,
+                input.epoch,
+                &input.work.join("mmdebstrap.log"),
+            )?;
+            let installed = sbom::installed(&rootfs, packages)?;
+            (installed, hygiene::clean(&rootfs, Some(debian))?)
+        }
+        Base::Tarball { archive } => {
+            if !rustix::process::geteuid().is_root() {
+                return Err(LxcError::NeedsRoot);
+            }
+            fs::create_dir(&rootfs)
+                .map_err(|e| LxcError::Io(format!("{}: {e}", rootfs.display())))?;
+            crate::archive::unpack(archive, &rootfs).map_err(|e| LxcError::Base(e.to_string()))?;
+            let installed = sbom::installed_unpinned(&rootfs)?;
+            (installed, hygiene::clean(&rootfs, None)?)
+        }
+    };
     let manifest = apply::read_manifest(input.overlay)?;
     apply::apply(&rootfs, input.overlay, &manifest)?;
     if rootfs.join("usr/sbin/sshd").exists() {
@@ -180,7 +213,10 @@ pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
             sha256: &packed.sha256,
             size: packed.size,
         },
-        debian: input.debian,
+        debian: match &input.base {
+            Base::Debian { debian, .. } => Some(debian),
+            Base::Tarball { .. } => None,
+        },
         packages: &packages,
         files: lint.members,
         hygiene: &removed,
@@ -189,11 +225,15 @@ pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
         &out.join("manifest.json"),
         &serde_json::to_value(&document).map_err(|e| LxcError::Io(e.to_string()))?,
     )?;
+    let debian = match &input.base {
+        Base::Debian { debian, .. } => Some(*debian),
+        Base::Tarball { .. } => None,
+    };
     let spdx = sbom::spdx(
         input.template,
         &packed.sha256,
         &packages,
-        input.debian,
+        debian,
         input.epoch,
     );
     write_json(&out.join("sbom.spdx.json"), &spdx)?;

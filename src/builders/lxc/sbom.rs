@@ -23,20 +23,23 @@ pub struct Installed {
     pub name: String,
     pub version: String,
     pub architecture: String,
-    /// The `.deb`'s sha256 and pool path, from the lockfile.
-    pub sha256: String,
-    pub filename: String,
+    /// The `.deb`'s sha256 and pool path, from the lockfile (absent for a
+    /// package that came with a tarball base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
-/// The installed packages, sorted by name and architecture. Each must be
-/// one the lockfile pins (nothing else could have been installed).
-pub(super) fn installed(
-    rootfs: &Path,
-    locked: &[DebianPackage],
-) -> Result<Vec<Installed>, LxcError> {
+/// `(name, version, architecture)` of each installed package in the
+/// rootfs's dpkg status (none if there is no dpkg database).
+fn status(rootfs: &Path) -> Result<Vec<(String, String, String)>, LxcError> {
     let path = rootfs.join("var/lib/dpkg/status");
-    let text =
-        fs::read_to_string(&path).map_err(|e| LxcError::Io(format!("{}: {e}", path.display())))?;
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(LxcError::Io(format!("{}: {e}", path.display()))),
+    };
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
@@ -54,27 +57,55 @@ pub(super) fn installed(
         ) else {
             continue;
         };
-        if status != "install ok installed" {
-            continue;
+        if status == "install ok installed" {
+            out.push((name, version, architecture));
         }
-        let pin = locked
-            .iter()
-            .find(|p| p.name == name && p.version == version && p.architecture == architecture)
-            .ok_or_else(|| {
-                LxcError::Bootstrap(format!(
-                    "{name} {version} ({architecture}) is installed but not pinned in the lockfile"
-                ))
-            })?;
-        out.push(Installed {
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The installed packages, sorted by name and architecture. Each must be
+/// one the lockfile pins (nothing else could have been installed).
+pub(super) fn installed(
+    rootfs: &Path,
+    locked: &[DebianPackage],
+) -> Result<Vec<Installed>, LxcError> {
+    status(rootfs)?
+        .into_iter()
+        .map(|(name, version, architecture)| {
+            let pin = locked
+                .iter()
+                .find(|p| p.name == name && p.version == version && p.architecture == architecture)
+                .ok_or_else(|| {
+                    LxcError::Bootstrap(format!(
+                        "{name} {version} ({architecture}) is installed but not pinned in the lockfile"
+                    ))
+                })?;
+            Ok(Installed {
+                name,
+                version,
+                architecture,
+                sha256: Some(pin.sha256.clone()),
+                filename: Some(pin.filename.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The packages a tarball base came with: pinned as part of the tarball,
+/// not one by one.
+pub(super) fn installed_unpinned(rootfs: &Path) -> Result<Vec<Installed>, LxcError> {
+    Ok(status(rootfs)?
+        .into_iter()
+        .map(|(name, version, architecture)| Installed {
             name,
             version,
             architecture,
-            sha256: pin.sha256.clone(),
-            filename: pin.filename.clone(),
-        });
-    }
-    out.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
-    Ok(out)
+            sha256: None,
+            filename: None,
+        })
+        .collect())
 }
 
 fn spdx_id(text: &str) -> String {
@@ -107,11 +138,10 @@ pub(super) fn spdx(
     template: &str,
     template_sha256: &str,
     packages: &[Installed],
-    debian: &DebianParams,
+    debian: Option<&DebianParams>,
     epoch: u64,
 ) -> serde_json::Value {
     let created = super::iso8601(epoch);
-    let mirror = debian.mirror.trim_end_matches('/');
     let mut spdx_packages = vec![json!({
         "SPDXID": "SPDXRef-Template",
         "name": template,
@@ -134,14 +164,26 @@ pub(super) fn spdx(
             spdx_id(&package.name),
             spdx_id(&package.architecture)
         );
+        let location = match (debian, &package.filename) {
+            (Some(debian), Some(filename)) => {
+                format!("{}/{filename}", debian.mirror.trim_end_matches('/'))
+            }
+            _ => "NOASSERTION".to_owned(),
+        };
+        let checksums: Vec<serde_json::Value> = package
+            .sha256
+            .iter()
+            .map(|sha| json!({"algorithm": "SHA256", "checksumValue": sha}))
+            .collect();
+        let distro = debian.map_or(String::new(), |d| format!("&distro=debian-{}", d.suite));
         spdx_packages.push(json!({
             "SPDXID": id,
             "name": package.name,
             "versionInfo": package.version,
             "supplier": "NOASSERTION",
-            "downloadLocation": format!("{mirror}/{}", package.filename),
+            "downloadLocation": location,
             "filesAnalyzed": false,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": package.sha256}],
+            "checksums": checksums,
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": "NOASSERTION",
             "copyrightText": "NOASSERTION",
@@ -149,11 +191,10 @@ pub(super) fn spdx(
                 "referenceCategory": "PACKAGE-MANAGER",
                 "referenceType": "purl",
                 "referenceLocator": format!(
-                    "pkg:deb/debian/{}@{}?arch={}&distro=debian-{}",
+                    "pkg:deb/debian/{}@{}?arch={}{distro}",
                     package.name,
                     purl_encode(&package.version),
                     package.architecture,
-                    debian.suite
                 ),
             }],
         }));
