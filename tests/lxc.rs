@@ -438,6 +438,31 @@ fn tarball_base_template_is_reproducible_and_clean() {
         Some("0"),
         "{machine_id}"
     );
+
+    // An image extending it is built on its template.
+    std::fs::write(
+        repo.join("images/child.toml"),
+        "[image]\nformats = [\"lxc\"]\nversion = \"2.0\"\n\n[image.base]\nimage = \"mini\"\n\n[config.files.\"/etc/child\"]\ntext = \"from the child\\n\"\n",
+    )
+    .unwrap();
+    ok(
+        kiln(
+            &repo,
+            &store_a,
+            "022",
+            "UTC",
+            "C.UTF-8",
+            &["build", "image:child", "-o", "c"],
+        ),
+        "child image",
+    );
+    let child = template_in(&repo.join("c"));
+    assert_eq!(child.file_name().unwrap(), "child_2.0_amd64.tar.zst");
+    let list = listing(&child);
+    assert!(
+        list.contains(" ./etc/child\n") && list.contains(" ./sbin/\n"),
+        "{list}"
+    );
 }
 
 #[test]

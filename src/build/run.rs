@@ -273,7 +273,23 @@ pub fn run_builder(
                 None => Vec::new(),
             };
             let index = input_path("index");
-            let tarball = input_path("base");
+            // A `base` is a rootfs tarball, or another image's template
+            // output (a directory holding one `.tar.zst`).
+            let tarball = input_path("base").and_then(|path| {
+                if !path.is_dir() {
+                    return Ok(path);
+                }
+                fs::read_dir(&path)
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+                    .ok_or_else(|| {
+                        BuilderError::Failed(format!("no template in {}", path.display()))
+                    })
+            });
             let base = match (&debian, &index, &tarball) {
                 (Some(debian), Ok(index), _) => crate::builders::lxc::Base::Debian {
                     debian,

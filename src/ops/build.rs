@@ -308,6 +308,92 @@ pub fn plan(
     for (id, part, target) in &images {
         let name = &repo.document(*id).name;
         let spec = &image_specs[name];
+        // An image that extends another without adding packages is built
+        // on the other's template: the chain down from the first image
+        // that owns its base.
+        if *part == Part::Whole
+            && spec.formats.contains(&GuestKind::Lxc)
+            && let ImageBase::Image(_) = spec.base
+            && spec.config.packages.is_empty()
+        {
+            let mut chain = vec![name.clone()];
+            while let Some(ImageBase::Image(parent)) = image_specs
+                .get(chain.last().unwrap_or(name))
+                .map(|i| &i.base)
+            {
+                if chain.contains(parent) || chain.len() > image_specs.len() {
+                    break;
+                }
+                chain.push(parent.clone());
+                if image_specs.get(parent).is_some_and(|p| {
+                    !matches!(p.base, ImageBase::Image(_)) || !p.config.packages.is_empty()
+                }) {
+                    break;
+                }
+            }
+            let owner = chain.pop().unwrap_or_else(|| name.clone());
+            let Some(owner_spec) = image_specs.get(&owner) else {
+                return Err(PlanFailure::NotBuildable(Target {
+                    kind: DocKind::Image,
+                    name: name.clone(),
+                    part: None,
+                }));
+            };
+            let mut template = match image_input(&owner) {
+                Some(("debian", input)) => {
+                    hash_sources(&repo.root, &owner_spec.config, &mut hashes)?;
+                    let overlay = plan
+                        .add_overlay(&owner, &owner_spec.config, &hashes)
+                        .map_err(PlanFailure::Plan)?;
+                    plan.add_lxc_template(
+                        &owner,
+                        &overlay,
+                        &lock.debian[&input],
+                        &owner_spec.image_version,
+                    )
+                    .map_err(PlanFailure::Plan)?
+                }
+                Some(("url", input)) => {
+                    hash_sources(&repo.root, &owner_spec.config, &mut hashes)?;
+                    let overlay = plan
+                        .add_overlay(&owner, &owner_spec.config, &hashes)
+                        .map_err(PlanFailure::Plan)?;
+                    plan.add_lxc_template_from_tarball(
+                        &owner,
+                        &overlay,
+                        &lock.url[&input],
+                        &owner_spec.image_version,
+                        &owner_spec.arch,
+                    )
+                    .map_err(PlanFailure::Plan)?
+                }
+                _ => {
+                    return Err(PlanFailure::NotBuildable(Target {
+                        kind: DocKind::Image,
+                        name: name.clone(),
+                        part: None,
+                    }));
+                }
+            };
+            for child in chain.iter().rev() {
+                let child_spec = &image_specs[child];
+                hash_sources(&repo.root, &child_spec.config, &mut hashes)?;
+                let overlay = plan
+                    .add_overlay(child, &child_spec.config, &hashes)
+                    .map_err(PlanFailure::Plan)?;
+                template = plan
+                    .add_lxc_template_from_image(
+                        child,
+                        &overlay,
+                        &template,
+                        &child_spec.image_version,
+                        &child_spec.arch,
+                    )
+                    .map_err(PlanFailure::Plan)?;
+            }
+            plan.add_root(target, template);
+            continue;
+        }
         let root = match image_input(name) {
             Some(("debian", input)) => {
                 let entry = &lock.debian[&input];

@@ -294,14 +294,40 @@ impl Plan {
         architecture: &str,
     ) -> Result<DrvHash, PlanError> {
         let base = self.add_url_input(entry)?;
+        let input = Input::Fixed {
+            drv: base.clone(),
+            path: self.output(&base).clone(),
+        };
+        self.add_lxc_over(name, input, overlay, version, architecture)
+    }
+
+    /// Add a template built on another image's template (`base.image`):
+    /// `base` is that image's `lxc` derivation.
+    pub fn add_lxc_template_from_image(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        base: &DrvHash,
+        version: &str,
+        architecture: &str,
+    ) -> Result<DrvHash, PlanError> {
+        let input = Input::Derivation {
+            drv: base.clone(),
+            path: self.output(base).clone(),
+        };
+        self.add_lxc_over(name, input, overlay, version, architecture)
+    }
+
+    fn add_lxc_over(
+        &mut self,
+        name: &str,
+        base: Input,
+        overlay: &DrvHash,
+        version: &str,
+        architecture: &str,
+    ) -> Result<DrvHash, PlanError> {
         let inputs = BTreeMap::from([
-            (
-                "base".to_owned(),
-                Input::Fixed {
-                    drv: base.clone(),
-                    path: self.output(&base).clone(),
-                },
-            ),
+            ("base".to_owned(), base),
             (
                 "overlay".to_owned(),
                 Input::Derivation {
