@@ -156,6 +156,23 @@ pub enum BuilderError {
     Failed(String),
 }
 
+/// The inputs whose key starts with `prefix` (`deb:`, `source:`), by the
+/// rest of the key, with their paths in the store.
+fn prefixed_inputs(
+    derivation: &Derivation,
+    store_root: &Path,
+    prefix: &str,
+) -> BTreeMap<String, PathBuf> {
+    derivation
+        .inputs
+        .iter()
+        .filter_map(|(key, input)| {
+            key.strip_prefix(prefix)
+                .map(|rest| (rest.to_owned(), store_root.join(input.path().to_string())))
+        })
+        .collect()
+}
+
 /// The child side: set umask 022, read the derivation, run its builder.
 pub fn run_builder(
     drv_file: &Path,
@@ -194,18 +211,7 @@ pub fn run_builder(
             let config = serde_json::from_str(arg("config")?)
                 .map_err(|e| BuilderError::Failed(format!("config: {e}")))?;
             let host = arg("host")?;
-            let sources: BTreeMap<String, PathBuf> = derivation
-                .inputs
-                .iter()
-                .filter_map(|(key, input)| {
-                    key.strip_prefix("source:").map(|repo_path| {
-                        (
-                            repo_path.to_owned(),
-                            store_root.join(input.path().to_string()),
-                        )
-                    })
-                })
-                .collect();
+            let sources = prefixed_inputs(&derivation, store_root, "source:");
             let epoch = derivation
                 .env
                 .get("SOURCE_DATE_EPOCH")
@@ -224,14 +230,7 @@ pub fn run_builder(
         "debian-index" => {
             let packages: Vec<crate::lock::DebianPackage> = serde_json::from_str(arg("packages")?)
                 .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?;
-            let debs: BTreeMap<String, PathBuf> = derivation
-                .inputs
-                .iter()
-                .filter_map(|(key, input)| {
-                    key.strip_prefix("deb:")
-                        .map(|file| (file.to_owned(), store_root.join(input.path().to_string())))
-                })
-                .collect();
+            let debs = prefixed_inputs(&derivation, store_root, "deb:");
             crate::builders::debian_index::render(&packages, &debs, out)
                 .map_err(BuilderError::Failed)
         }
@@ -243,14 +242,7 @@ pub fn run_builder(
                     .map(|input| store_root.join(input.path().to_string()))
                     .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
             };
-            let debs: BTreeMap<String, PathBuf> = derivation
-                .inputs
-                .iter()
-                .filter_map(|(key, input)| {
-                    key.strip_prefix("deb:")
-                        .map(|file| (file.to_owned(), store_root.join(input.path().to_string())))
-                })
-                .collect();
+            let debs = prefixed_inputs(&derivation, store_root, "deb:");
             let epoch = derivation
                 .env
                 .get("SOURCE_DATE_EPOCH")
