@@ -7,8 +7,9 @@
 //!
 //! For each [`FetchRequest`] the mirrors are tried in order. On one mirror:
 //!
-//! - the body streams to `<dest>.part` and is hashed on the way, so a 1 GiB
-//!   input costs a few buffers of memory, not 1 GiB;
+//! - the body streams to `<dest>.part` and is hashed on the way (on a
+//!   thread of its own, beside the writes), so a 1 GiB input costs about
+//!   10 MiB of buffers, not 1 GiB;
 //! - connection errors, timeouts (no byte for [`FetchOptions::read_timeout`]),
 //!   408, 429 and 5xx are retried up to [`FetchOptions::retries`] times with
 //!   exponential backoff and full jitter (`Retry-After` seconds honoured,
@@ -35,6 +36,7 @@
 mod backoff;
 mod error;
 mod file;
+mod hasher;
 mod http;
 mod part;
 
@@ -152,8 +154,9 @@ impl std::fmt::Debug for Fetcher {
 
 impl Fetcher {
     pub fn new(options: FetchOptions) -> Result<Fetcher, FetchError> {
-        // Two workers drive the sockets; hashing and writing run on the
-        // calling threads (see `fetch_all`), so more would only idle.
+        // Two workers drive the sockets; writing runs on the calling threads
+        // (see `fetch_all`) and hashing on a thread per download, so more
+        // would only idle.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kiln-fetch")
@@ -193,8 +196,8 @@ impl Fetcher {
         request: &FetchRequest,
         progress: &dyn FetchProgress,
     ) -> Result<Fetched, FetchError> {
-        // block_on polls on this thread, so the blocking file writes and
-        // hashing below happen here and never stall the runtime's workers.
+        // block_on polls on this thread, so the blocking file writes below
+        // happen here and never stall the runtime's workers.
         self.runtime.block_on(self.fetch_async(request, progress))
     }
 
@@ -209,8 +212,8 @@ impl Fetcher {
         requests: &[FetchRequest],
         progress: &dyn FetchProgress,
     ) -> Vec<Result<Fetched, FetchError>> {
-        // One thread per concurrent fetch: hashing a large file is CPU work
-        // and this way parallel fetches hash on separate cores.
+        // One thread per concurrent fetch: each writes its file (blocking
+        // work, kept off the runtime's workers) and feeds its own hash thread.
         let workers = self.options.parallel.max(1).min(requests.len());
         let next = AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<Fetched, FetchError>>>> =

@@ -5,27 +5,38 @@
 //! `.part` does: a resumed attempt appends to both. `dest` only ever appears
 //! by a rename of a complete, verified, fsynced `.part`, so a reader never
 //! sees a partial or wrong file at `dest`, even after a crash.
+//!
+//! Incoming bytes are gathered into buffers of [`BUFFER_SIZE`]; each full
+//! buffer is written, then hashed by the [`Hasher`] thread while the next
+//! one fills. Every [`WRITEBACK_WINDOW`] bytes the kernel is asked to start
+//! writing the new data to disk, so the fsync at the end waits for the last
+//! few MiB rather than for the whole file.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
+use super::hasher::{BUFFER_SIZE, Hasher};
 use super::{FetchError, Fetched};
 
-/// Writes are gathered to this size: chunks from the network can be a few
-/// KiB, and a syscall per chunk is measurable at loopback speeds. Larger
-/// chunks bypass the buffer.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Written data is handed to the kernel for writeback in steps of this size.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 /// A download in progress; removed on drop unless it was renamed to `dest`.
 pub(crate) struct PartFile {
     path: PathBuf,
     dest: PathBuf,
-    writer: Option<BufWriter<File>>,
-    hasher: Sha256,
+    /// `None` once finished.
+    file: Option<File>,
+    hasher: Option<Hasher>,
+    /// Bytes not yet written or hashed, fewer than [`BUFFER_SIZE`]; no
+    /// capacity until the first byte arrives.
+    buffer: Vec<u8>,
+    /// Bytes appended: written, or in `buffer`.
     len: u64,
+    /// Bytes of the file before this offset were handed to the kernel for
+    /// writeback.
+    writeback_from: u64,
 }
 
 impl PartFile {
@@ -41,41 +52,88 @@ impl PartFile {
             .truncate(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
-        Ok(PartFile {
-            writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+        let mut part = PartFile {
+            file: Some(file),
+            hasher: None,
+            buffer: Vec::new(),
             path,
             dest: dest.to_path_buf(),
-            hasher: Sha256::new(),
             len: 0,
-        })
+            writeback_from: 0,
+        };
+        // Spawned once `part` exists, so that a failure removes the `.part`.
+        part.hasher = Some(Hasher::spawn().map_err(io_error("start hashing for", &part.path))?);
+        Ok(part)
     }
 
-    /// Bytes written (and hashed) so far.
+    /// Bytes appended so far.
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
-    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), FetchError> {
-        self.writer()
-            .write_all(bytes)
-            .map_err(io_error("write", &self.path))?;
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
+    pub(crate) fn append(&mut self, mut bytes: &[u8]) -> Result<(), FetchError> {
+        while !bytes.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer = self.hasher_mut().buffer();
+            }
+            let n = (BUFFER_SIZE - self.buffer.len()).min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..n]);
+            self.len += n as u64;
+            bytes = &bytes[n..];
+            if self.buffer.len() == BUFFER_SIZE {
+                self.write_buffer()?;
+            }
+        }
         Ok(())
+    }
+
+    /// Write `buffer` to the file and pass it to the hasher.
+    fn write_buffer(&mut self) -> Result<(), FetchError> {
+        let buffer = std::mem::take(&mut self.buffer);
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_mut().expect("used after finish");
+        file.write_all(&buffer)
+            .map_err(io_error("write", &self.path))?;
+        self.hasher().update(buffer);
+        self.start_writeback();
+        Ok(())
+    }
+
+    /// Once [`WRITEBACK_WINDOW`] bytes reached the file since the last call,
+    /// ask the kernel to start writing them to disk.
+    fn start_writeback(&mut self) {
+        let in_file = self.len - self.buffer.len() as u64;
+        if in_file - self.writeback_from < WRITEBACK_WINDOW {
+            return;
+        }
+        // On Linux, POSIX_FADV_DONTNEED starts writeback of the range's dirty
+        // pages without waiting for it, then drops the pages that are already
+        // clean; pages still dirty or being written stay cached, so most of
+        // the file does. Only a hint: errors are ignored, and the fsync in
+        // `finish` is what makes the file durable.
+        #[cfg(target_os = "linux")]
+        let _ = rustix::fs::fadvise(
+            self.file.as_ref().expect("used after finish"),
+            self.writeback_from,
+            std::num::NonZeroU64::new(in_file - self.writeback_from),
+            rustix::fs::Advice::DontNeed,
+        );
+        self.writeback_from = in_file;
     }
 
     /// Throw away what was written, e.g. when a server ignores `Range` and
     /// sends the whole file again.
     pub(crate) fn restart(&mut self) -> Result<(), FetchError> {
-        let path = self.path.clone();
-        let writer = self.writer();
-        writer.flush().map_err(io_error("write", &path))?;
-        let file = writer.get_mut();
-        file.set_len(0).map_err(io_error("truncate", &path))?;
+        self.buffer.clear();
+        let file = self.file.as_mut().expect("used after finish");
+        file.set_len(0).map_err(io_error("truncate", &self.path))?;
         file.seek(SeekFrom::Start(0))
-            .map_err(io_error("truncate", &path))?;
-        self.hasher = Sha256::new();
+            .map_err(io_error("truncate", &self.path))?;
+        self.hasher().reset();
         self.len = 0;
+        self.writeback_from = 0;
         Ok(())
     }
 
@@ -96,7 +154,14 @@ impl PartFile {
                 actual: self.len,
             });
         }
-        let actual = hex(&std::mem::take(&mut self.hasher).finalize().into());
+        self.write_buffer()?;
+        let file = self.file.take().expect("finish is called once");
+        // Durable before it is visible: the store trusts what is at `dest`.
+        // The hash thread finishes its last buffers meanwhile.
+        file.sync_all().map_err(io_error("sync", &self.path))?;
+        drop(file);
+        let hasher = self.hasher.take().expect("finish is called once");
+        let actual = hex(&hasher.finish());
         if let Some(expected) = expected_sha256
             && !expected.eq_ignore_ascii_case(&actual)
         {
@@ -106,13 +171,6 @@ impl PartFile {
                 actual,
             });
         }
-        let writer = self.writer.take().expect("finish is called once");
-        let file = writer
-            .into_inner()
-            .map_err(|e| io_error("write", &self.path)(e.into_error()))?;
-        // Durable before it is visible: the store trusts what is at `dest`.
-        file.sync_all().map_err(io_error("sync", &self.path))?;
-        drop(file);
         fs::rename(&self.path, &self.dest).map_err(io_error("rename to dest", &self.path))?;
         // Renamed: nothing left for drop to remove.
         self.path = PathBuf::new();
@@ -131,19 +189,20 @@ impl PartFile {
         })
     }
 
-    fn writer(&mut self) -> &mut BufWriter<File> {
-        self.writer.as_mut().expect("used after finish")
+    fn hasher(&self) -> &Hasher {
+        self.hasher.as_ref().expect("used after finish")
+    }
+
+    fn hasher_mut(&mut self) -> &mut Hasher {
+        self.hasher.as_mut().expect("used after finish")
     }
 }
 
 impl Drop for PartFile {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
-            // Close first; the buffered tail is garbage now.
-            if let Some(writer) = self.writer.take() {
-                let (file, _) = writer.into_parts();
-                drop(file);
-            }
+            // Close first.
+            drop(self.file.take());
             // Best effort: the fetch has already failed with a better error.
             let _ = fs::remove_file(&self.path);
         }
@@ -185,6 +244,7 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn sha256_hex(bytes: &[u8]) -> String {
         hex(&Sha256::digest(bytes).into())
