@@ -1092,14 +1092,17 @@ fn fetch_all_keeps_input_order() {
 }
 
 /// Bodies larger than the fetcher's buffers (the hash queue, the writeback
-/// step, a `file://` read): resumes keep the hash state and a restart
-/// resets it, however much is queued for hashing at the time.
+/// step, the switch to O_DIRECT at 16 MiB, a `file://` read): resumes keep
+/// the hash state and a restart resets it, however much is queued for
+/// hashing at the time, and whether the file is being written through the
+/// page cache or directly.
 #[test]
 fn large_bodies_resume_restart_and_copy() {
     let server = Server::start();
-    let body = bytes(10 * MIB + 12_345, 8);
-    // Not on a buffer boundary, so that a partial buffer is carried over.
-    let (cut, late_cut) = (5 * MIB as u64 + 3, 9 * MIB as u64 + 7);
+    let body = bytes(24 * MIB + 12_345, 8);
+    // Not on a buffer boundary, so that a partial buffer is carried over;
+    // the second resume and the restart happen in the direct-write region.
+    let (cut, late_cut) = (9 * MIB as u64 + 3, 20 * MIB as u64 + 7);
     let dir = tempfile::tempdir().unwrap();
     // Hashing in a debug build is slow: the expected hash once.
     let base = request(&[], &body, &dir.path().join("unused"));

@@ -18,7 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use aligned_vec::{AVec, ConstAlign};
 use sha2::{Digest, Sha256};
+
+/// What a [`Buffer`]'s memory is aligned to: a page, so that a full buffer
+/// can be written with `O_DIRECT` (see `part.rs`).
+pub(crate) const BUFFER_ALIGN: usize = 4096;
+
+/// A buffer of the pool: page-aligned memory with room for [`BUFFER_SIZE`]
+/// bytes.
+pub(crate) type Buffer = AVec<u8, ConstAlign<BUFFER_ALIGN>>;
 
 /// The size of each buffer, which is also the unit of file writes.
 pub(crate) const BUFFER_SIZE: usize = 1 << 20;
@@ -27,7 +36,7 @@ pub(crate) const BUFFER_SIZE: usize = 1 << 20;
 const BUFFERS: usize = 8;
 
 enum Message {
-    Data(Vec<u8>),
+    Data(Buffer),
     Reset,
 }
 
@@ -36,7 +45,7 @@ pub(crate) struct Hasher {
     /// `None` once finished.
     to_thread: Option<Sender<Message>>,
     /// Buffers the thread is done with, emptied.
-    returned: Receiver<Vec<u8>>,
+    returned: Receiver<Buffer>,
     allocated: usize,
     /// Set when the hash is no longer wanted: the thread skips the rest.
     abandoned: Arc<AtomicBool>,
@@ -66,22 +75,20 @@ impl Hasher {
     /// An empty buffer with room for [`BUFFER_SIZE`] bytes: one the thread
     /// is done with, a new one while the pool is not full, or else the next
     /// one the thread finishes (waiting for it).
-    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+    pub(crate) fn buffer(&mut self) -> Buffer {
         if let Ok(buffer) = self.returned.try_recv() {
             return buffer;
         }
         if self.allocated < BUFFERS {
             self.allocated += 1;
-            return Vec::with_capacity(BUFFER_SIZE);
+            return new_buffer();
         }
         // Err: the thread is gone (it panicked); `finish` reports that.
-        self.returned
-            .recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_SIZE))
+        self.returned.recv().unwrap_or_else(|_| new_buffer())
     }
 
     /// Hash `buffer` after everything given before it.
-    pub(crate) fn update(&self, buffer: Vec<u8>) {
+    pub(crate) fn update(&self, buffer: Buffer) {
         self.send(Message::Data(buffer));
     }
 
@@ -118,11 +125,15 @@ impl Drop for Hasher {
     }
 }
 
+fn new_buffer() -> Buffer {
+    Buffer::with_capacity(BUFFER_ALIGN, BUFFER_SIZE)
+}
+
 /// The hash thread: until the caller hangs up, hash each buffer and send
 /// it back empty.
 fn hash(
     messages: &Receiver<Message>,
-    to_pool: &Sender<Vec<u8>>,
+    to_pool: &Sender<Buffer>,
     abandoned: &AtomicBool,
 ) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -155,6 +166,7 @@ mod tests {
         for piece in data.chunks(BUFFER_SIZE) {
             let mut buffer = hasher.buffer();
             assert!(buffer.is_empty() && buffer.capacity() >= BUFFER_SIZE);
+            assert_eq!(buffer.as_ptr() as usize % BUFFER_ALIGN, 0);
             buffer.extend_from_slice(piece);
             hasher.update(buffer);
         }
