@@ -123,7 +123,8 @@ impl PartFile {
         let offset = self.len - buffer.len() as u64;
         // O_DIRECT needs the memory, the offset and the length aligned; the
         // memory always is (the pool's buffers are page-aligned).
-        let aligned = offset % BUFFER_ALIGN as u64 == 0 && buffer.len() % BUFFER_ALIGN == 0;
+        let aligned =
+            offset.is_multiple_of(BUFFER_ALIGN as u64) && buffer.len().is_multiple_of(BUFFER_ALIGN);
         let direct = aligned && offset >= DIRECT_AFTER;
         self.set_direct(direct);
         let mut written = 0;
@@ -387,6 +388,7 @@ mod tests {
     /// file system takes it); pieces of every size, a restart from the
     /// direct region and the cached tail all land where they belong.
     #[test]
+    #[allow(clippy::print_stderr, reason = "the notice is for the test's reader")]
     fn large_file_switches_to_direct_writes() {
         let size = DIRECT_AFTER as usize + 3 * BUFFER_SIZE + 4_321;
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
