@@ -21,8 +21,10 @@
 //! | [`plan`] | derivations, their canonical bytes and hashes, the DAG for targets |
 //! | [`store`] | store paths, Nix base32, NAR hashing, validity records, locks, verify, gc |
 //! | [`build`] | the scheduler, the hermetic builder process, `--explain`, `--check` |
-//! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`; `source` is built in) |
+//! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`, `lxc`, `vm` with its `seed`; `source` is built in) |
 //! | [`archive`] | reproducible `.tar.zst` packing of a root filesystem, safe unpacking of rootfs tarballs |
+//! | [`proxmox`] | Proxmox VE's published API schema, and checking request parameters against it |
+//! | [`yaml`] | the one way kiln writes YAML (quoting what YAML 1.1 would misread) |
 //! | [`ops`] | one function per command, called by the CLI |
 //! | [`cli`] | clap definitions, output formatting, exit codes |
 //!
@@ -39,5 +41,7 @@ pub mod fs;
 pub mod lock;
 pub mod ops;
 pub mod plan;
+pub mod proxmox;
 pub mod store;
 pub mod suggest;
+pub mod yaml;
