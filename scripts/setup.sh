@@ -15,6 +15,26 @@ command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 command -v lxc-start >/dev/null || need_apt+=(lxc)
 command -v zstd >/dev/null || need_apt+=(zstd)
+# Building VM images: the seed ISO (xorriso), the disk (sfdisk from fdisk,
+# mkfs.vfat, mtools, mke2fs/debugfs, qemu-img). Testing them: QEMU boots
+# the disk under OVMF.
+command -v xorriso >/dev/null || need_apt+=(xorriso)
+# isoinfo (genisoimage), an independent reader of the seed ISO in tests.
+command -v isoinfo >/dev/null || need_apt+=(genisoimage)
+command -v sfdisk >/dev/null || need_apt+=(fdisk)
+command -v mkfs.vfat >/dev/null || need_apt+=(dosfstools)
+command -v mcopy >/dev/null || need_apt+=(mtools)
+command -v debugfs >/dev/null || need_apt+=(e2fsprogs)
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt+=(ovmf)
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  need_apt+=(qemu-system-x86)
+  # A qemu-utils newer than bookworm's (from backports) declares Breaks on
+  # bookworm's qemu-system-common: take both from bookworm.
+  if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+    need_qemu_downgrade=1
+  fi
+fi
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need_apt[*]}" >&2
@@ -22,7 +42,11 @@ if ((${#need_apt[@]})); then
   fi
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  if [ -n "${need_qemu_downgrade:-}" ]; then
+    version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    need_apt+=("qemu-utils=$version")
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${need_apt[@]}"
 fi
 
 # A real OCI registry (Debian's docker-registry), skopeo and a token server's

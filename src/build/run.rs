@@ -150,7 +150,9 @@ fn listing(root: &Path, path: &Path, out: &mut BTreeMap<String, String>) {
 pub enum BuilderError {
     #[error("cannot read the derivation {path}: {reason}")]
     Derivation { path: PathBuf, reason: String },
-    #[error("unknown builder `{0}` (this kiln knows: source, overlay, debian-index, lxc, fetch)")]
+    #[error(
+        "unknown builder `{0}` (this kiln knows: source, overlay, debian-index, lxc, vm, fetch)"
+    )]
     Unknown(String),
     #[error("{0}")]
     Failed(String),
@@ -234,7 +236,43 @@ pub fn run_builder(
             crate::builders::debian_index::render(&packages, &debs, out)
                 .map_err(BuilderError::Failed)
         }
-        crate::builders::lxc::BUILDER => {
+        crate::builders::vm::BUILDER if derivation.args.contains_key("disk_format") => {
+            // A VM from a vendor's disk image: no rootfs to make.
+            let path = |key: &str| {
+                derivation
+                    .inputs
+                    .get(key)
+                    .map(|input| store_root.join(input.path().to_string()))
+                    .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
+            };
+            let epoch = derivation
+                .env
+                .get("SOURCE_DATE_EPOCH")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            let work = out.with_file_name("work");
+            fs::create_dir_all(&work)
+                .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
+            let config: crate::eval::spec::SystemConfig = serde_json::from_str(arg("config")?)
+                .map_err(|e| BuilderError::Failed(format!("config: {e}")))?;
+            let hash = derivation.hash();
+            let (image, overlay) = (path("base")?, path("overlay")?);
+            let vm = crate::builders::vm::VmInput {
+                host: arg("host")?,
+                overlay: &overlay,
+                epoch,
+                derivation: hash.as_str(),
+                work: &work,
+                source: crate::builders::vm::Source::Disk {
+                    image: &image,
+                    format: arg("disk_format")?,
+                },
+                config: &config,
+                raw: derivation.args.get("raw").is_some_and(|v| v == "true"),
+            };
+            crate::builders::vm::build(&vm, out).map_err(|e| BuilderError::Failed(e.to_string()))
+        }
+        builder @ (crate::builders::lxc::BUILDER | crate::builders::vm::BUILDER) => {
             let input_path = |key: &str| {
                 derivation
                     .inputs
@@ -296,17 +334,37 @@ pub fn run_builder(
                     ));
                 }
             };
+            let overlay = input_path("overlay")?;
             let input = crate::builders::lxc::LxcInput {
                 host: arg("host")?,
-                template: arg("template")?,
+                template: if builder == crate::builders::vm::BUILDER {
+                    ""
+                } else {
+                    arg("template")?
+                },
                 base,
-                overlay: &input_path("overlay")?,
+                overlay: &overlay,
                 epoch,
                 derivation: hash.as_str(),
                 work: &work,
             };
-            crate::builders::lxc::build(&input, out)
-                .map_err(|e| BuilderError::Failed(e.to_string()))
+            if builder == crate::builders::lxc::BUILDER {
+                return crate::builders::lxc::build(&input, out)
+                    .map_err(|e| BuilderError::Failed(e.to_string()));
+            }
+            let config: crate::eval::spec::SystemConfig = serde_json::from_str(arg("config")?)
+                .map_err(|e| BuilderError::Failed(format!("config: {e}")))?;
+            let vm = crate::builders::vm::VmInput {
+                host: input.host,
+                overlay: &overlay,
+                epoch,
+                derivation: hash.as_str(),
+                work: &work,
+                source: crate::builders::vm::Source::Rootfs(input),
+                config: &config,
+                raw: derivation.args.get("raw").is_some_and(|v| v == "true"),
+            };
+            crate::builders::vm::build(&vm, out).map_err(|e| BuilderError::Failed(e.to_string()))
         }
         crate::builders::fetch::BUILDER => Err(BuilderError::Failed(
             "the fetch builder runs in the kiln process that schedules the build, not in a sandbox"

@@ -4,3 +4,5 @@ pub mod debian_index;
 pub mod fetch;
 pub mod lxc;
 pub mod overlay;
+pub mod seed;
+pub mod vm;

@@ -62,7 +62,7 @@ impl std::fmt::Display for PlanFailure {
             ),
             PlanFailure::UnknownPart { target, part } => write!(
                 f,
-                "`{target}`: no part `{part}` (a host has `overlay` and `packages`, an image `packages`)"
+                "`{target}`: no part `{part}` (a host has `overlay` and `packages`, a VM host also `raw`; an image has `packages`)"
             ),
             PlanFailure::NoDebianBase { target, image } => write!(
                 f,
@@ -95,9 +95,11 @@ impl PlanFailure {
 /// What a host or image target builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Part {
-    /// The whole thing: a host's template (its overlay for VM hosts, until
-    /// the VM builder lands); an image's pinned inputs.
+    /// The whole thing: a host's template or VM image; an image's pinned
+    /// inputs.
     Whole,
+    /// A VM host's image with `disk.raw` beside `disk.qcow2`.
+    Raw,
     /// A host's overlay only (needs no input).
     Overlay,
     /// The pinned Debian set (its fetches and index) only.
@@ -109,12 +111,30 @@ impl Part {
         match (target.kind, target.part.as_deref()) {
             (_, None) => Ok(Part::Whole),
             (DocKind::Host, Some("overlay")) => Ok(Part::Overlay),
+            (DocKind::Host, Some("raw")) => Ok(Part::Raw),
             (DocKind::Host | DocKind::Image, Some("packages")) => Ok(Part::Packages),
             (_, Some(other)) => Err(PlanFailure::UnknownPart {
                 target: target.to_string(),
                 part: other.to_owned(),
             }),
         }
+    }
+}
+
+/// The disk format of an image whose base is a pinned disk image (`url`
+/// with `format = "qcow2"` or `"raw"`, or a URL ending in `.qcow2` or
+/// `.raw`), else `None` (a rootfs tarball, or not a `url` base).
+fn disk_format(image: &ImageSpec) -> Option<&'static str> {
+    let ImageBase::Url { url, format } = &image.base else {
+        return None;
+    };
+    match format.as_deref() {
+        Some("qcow2") => Some("qcow2"),
+        Some("raw") => Some("raw"),
+        Some(_) => None,
+        None if url.ends_with(".qcow2") => Some("qcow2"),
+        None if url.ends_with(".raw") => Some("raw"),
+        None => None,
     }
 }
 
@@ -281,7 +301,37 @@ pub fn plan(
         let image = image_specs.get(&spec.image);
         let version = image.map_or("0", |i| i.image_version.as_str());
         let root = match (part, spec.guest, debian) {
-            (Part::Overlay, _, _) | (Part::Whole, GuestKind::Vm, _) => overlay,
+            (Part::Overlay, _, _) => overlay,
+            (Part::Whole | Part::Raw, GuestKind::Vm, Some((_, entry))) => plan
+                .add_vm_image(
+                    &spec.name,
+                    &overlay,
+                    entry,
+                    &spec.config,
+                    *part == Part::Raw,
+                )
+                .map_err(PlanFailure::Plan)?,
+            (Part::Whole | Part::Raw, GuestKind::Vm, None)
+                if spec.config.packages.is_empty()
+                    && let Some(entry) = tarball
+                    && let Some(format) = image.and_then(disk_format) =>
+            {
+                plan.add_vm_image_from_disk(
+                    &spec.name,
+                    &overlay,
+                    entry,
+                    format,
+                    &spec.config,
+                    *part == Part::Raw,
+                )
+                .map_err(PlanFailure::Plan)?
+            }
+            (Part::Raw, GuestKind::Lxc, _) => {
+                return Err(PlanFailure::UnknownPart {
+                    target: target.clone(),
+                    part: "raw".to_owned(),
+                });
+            }
             (Part::Whole, GuestKind::Lxc, None)
                 if spec.config.packages.is_empty()
                     && let Some(entry) = tarball =>

@@ -283,6 +283,127 @@ impl Plan {
         Ok(hash)
     }
 
+    /// Add the VM image of host `name` (a `vm` derivation): its disk from
+    /// the Debian set `entry` and the overlay, its seed and its VM spec
+    /// from `config`. With `raw`, the output also holds `disk.raw`.
+    pub fn add_vm_image(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        entry: &DebianEntry,
+        config: &SystemConfig,
+        raw: bool,
+    ) -> Result<DrvHash, PlanError> {
+        let index = self.add_debian_packages(name, entry)?;
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            "index".to_owned(),
+            Input::Derivation {
+                drv: index.clone(),
+                path: self.output(&index).clone(),
+            },
+        );
+        inputs.insert(
+            "overlay".to_owned(),
+            Input::Derivation {
+                drv: overlay.clone(),
+                path: self.output(overlay).clone(),
+            },
+        );
+        for (key, input) in &self.derivations[&index].inputs {
+            inputs.insert(key.clone(), input.clone());
+        }
+        let json = |value: &dyn erased::Json| {
+            value.to_json().map_err(|reason| PlanError::Serialise {
+                target: name.to_owned(),
+                reason,
+            })
+        };
+        let debian = crate::builders::lxc::DebianParams {
+            suite: entry.suite.clone(),
+            architecture: entry.architecture.clone(),
+            mirror: entry.mirror.clone(),
+            components: entry.components.clone(),
+            variant: entry.variant.clone(),
+            requested: entry.requested.clone(),
+        };
+        let mut args = BTreeMap::from([
+            ("config".to_owned(), json(config)?),
+            ("debian".to_owned(), json(&debian)?),
+            ("host".to_owned(), name.to_owned()),
+            ("packages".to_owned(), json(&entry.packages)?),
+        ]);
+        if raw {
+            args.insert("raw".to_owned(), "true".to_owned());
+        }
+        let (hash, _) = self.add(Derivation {
+            name: format!("{name}-vm{}", if raw { "-raw" } else { "" }),
+            builder: crate::builders::vm::BUILDER.into(),
+            builder_version: crate::builders::vm::VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args,
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        })?;
+        Ok(hash)
+    }
+
+    /// Add the VM image of host `name` from a pinned vendor disk image (a
+    /// `url` input in `format` `qcow2` or `raw`): the disk is passed
+    /// through (converted to qcow2), and the seed carries the host's
+    /// configuration.
+    pub fn add_vm_image_from_disk(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        entry: &UrlEntry,
+        format: &str,
+        config: &SystemConfig,
+        raw: bool,
+    ) -> Result<DrvHash, PlanError> {
+        let base = self.add_url_input(entry)?;
+        let inputs = BTreeMap::from([
+            (
+                "base".to_owned(),
+                Input::Fixed {
+                    drv: base.clone(),
+                    path: self.output(&base).clone(),
+                },
+            ),
+            (
+                "overlay".to_owned(),
+                Input::Derivation {
+                    drv: overlay.clone(),
+                    path: self.output(overlay).clone(),
+                },
+            ),
+        ]);
+        let config = serde_json::to_string(config).map_err(|error| PlanError::Serialise {
+            target: name.to_owned(),
+            reason: error.to_string(),
+        })?;
+        let mut args = BTreeMap::from([
+            ("config".to_owned(), config),
+            ("disk_format".to_owned(), format.to_owned()),
+            ("host".to_owned(), name.to_owned()),
+        ]);
+        if raw {
+            args.insert("raw".to_owned(), "true".to_owned());
+        }
+        let (hash, _) = self.add(Derivation {
+            name: format!("{name}-vm{}", if raw { "-raw" } else { "" }),
+            builder: crate::builders::vm::BUILDER.into(),
+            builder_version: crate::builders::vm::VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args,
+            inputs,
+            env: BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), SOURCE_DATE_EPOCH.to_owned())]),
+        })?;
+        Ok(hash)
+    }
+
     /// Add a template built from a pinned rootfs tarball (a `url` input)
     /// and the overlay `overlay`.
     pub fn add_lxc_template_from_tarball(

@@ -146,7 +146,7 @@ pub(super) fn apply(rootfs: &Path, overlay: &Path, manifest: &Manifest) -> Resul
 
 /// `chroot ROOTFS systemctl VERB UNIT…`: the rootfs's own systemctl, which
 /// works offline in a chroot and knows how the packages' units install.
-pub(super) fn systemctl(rootfs: &Path, verb: &str, units: &[String]) -> Result<(), LxcError> {
+pub(crate) fn systemctl(rootfs: &Path, verb: &str, units: &[String]) -> Result<(), LxcError> {
     let output = Command::new("chroot")
         .arg(rootfs)
         .arg("systemctl")
@@ -179,7 +179,7 @@ fn remove(path: &Path) -> std::io::Result<()> {
 
 /// The host path of guest path `guest` in `rootfs`, following symlinks in
 /// every component but the last inside the rootfs.
-pub(super) fn resolve(rootfs: &Path, guest: &str) -> Result<PathBuf, LxcError> {
+pub(crate) fn resolve(rootfs: &Path, guest: &str) -> Result<PathBuf, LxcError> {
     let escape = || LxcError::Overlay(format!("{guest}: not a plain absolute path"));
     let mut components: Vec<String> = Vec::new();
     for component in Path::new(guest).components() {

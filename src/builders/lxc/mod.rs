@@ -17,7 +17,7 @@
 //! It needs root (mmdebstrap `--mode=root`, chroot, owners and device nodes).
 
 mod accounts;
-mod apply;
+pub(crate) mod apply;
 mod bootstrap;
 pub mod hygiene;
 pub mod lint;
@@ -150,9 +150,19 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 ";
 
-/// Build the template into `out` (a new directory).
-pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
-    lint::check_name(input.template)?;
+/// A root filesystem made ready for packing: bootstrapped (or unpacked),
+/// cleaned and overlaid. The VM builder makes its disk from the same.
+pub struct Prepared {
+    pub rootfs: PathBuf,
+    /// What is installed, for the manifest and the SBOM.
+    pub packages: Vec<sbom::Installed>,
+    /// What hygiene removed.
+    pub removed: Vec<hygiene::Removal>,
+}
+
+/// Make `input.work/rootfs`: the base, hygiene, the overlay, and the
+/// first-boot SSH host key unit.
+pub fn prepare(input: &LxcInput<'_>) -> Result<Prepared, LxcError> {
     let rootfs = input.work.join("rootfs");
     let (packages, removed) = match &input.base {
         Base::Debian {
@@ -192,6 +202,21 @@ pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
             .map_err(|e| LxcError::Io(format!("{}: {e}", unit.display())))?;
         apply::systemctl(&rootfs, "enable", &[SSH_KEYS_UNIT.to_owned()])?;
     }
+    Ok(Prepared {
+        rootfs,
+        packages,
+        removed,
+    })
+}
+
+/// Build the template into `out` (a new directory).
+pub fn build(input: &LxcInput<'_>, out: &Path) -> Result<(), LxcError> {
+    lint::check_name(input.template)?;
+    let Prepared {
+        rootfs,
+        packages,
+        removed,
+    } = prepare(input)?;
 
     fs::create_dir(out).map_err(|e| LxcError::Io(format!("{}: {e}", out.display())))?;
     let template = out.join(input.template);

@@ -134,7 +134,7 @@ fn purl_encode(text: &str) -> String {
 }
 
 /// The SPDX document for `template` (its file name and sha256).
-pub(super) fn spdx(
+pub(crate) fn spdx(
     template: &str,
     template_sha256: &str,
     packages: &[Installed],
