@@ -184,3 +184,106 @@ fn disk_is_reproducible_and_readable() {
         text(&link.stdout)
     );
 }
+
+/// A VM host on a vendor's disk image (a pinned `url` input, qcow2): the
+/// disk is passed through as qcow2 with the same contents, the seed and
+/// vm.json are rendered from the host; an image that refers to a backing
+/// file is refused.
+#[test]
+fn vendor_disk_image_is_passed_through() {
+    if !have("qemu-img") || !have("xorriso") {
+        notice(
+            "NOTICE: skipping the vendor disk test: qemu-img or xorriso is not installed (scripts/setup.sh installs them)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    // A "vendor image": 4 MiB of recognisable bytes, as qcow2.
+    let raw = served.join("vendor.raw");
+    let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&raw, &bytes).unwrap();
+    let qcow2 = served.join("vendor.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .output()
+        .unwrap();
+    assert!(converted.status.success(), "{}", text(&converted.stderr));
+
+    let repo = dir.path().join("repo");
+    let write = |relative: &str, contents: &str| {
+        let path = repo.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    };
+    write(
+        "images/cloud.toml",
+        &format!(
+            "[image]\nformats = [\"vm\"]\n\n[image.base.url]\nurl = \"file://{}\"\n",
+            qcow2.display()
+        ),
+    );
+    write(
+        "hosts/web.toml",
+        "[host]\nkind = \"vm\"\nimage = \"cloud\"\nnode = \"pve1\"\nvmid = 130\n\n\
+         [host.network.interfaces.eth0]\ndhcp = true\n\n\
+         [config]\ncloud_init.runcmd = [\"echo vendor-marker\"]\n",
+    );
+    let store = dir.path().join("store");
+    let kiln = |args: &[&str]| {
+        let mut all = vec!["--store", store.to_str().unwrap()];
+        all.extend_from_slice(args);
+        common::kiln(&repo, &all)
+    };
+    let locked = kiln(&["lock"]);
+    assert_eq!(locked.status.code(), Some(0), "{}", text(&locked.stderr));
+    let built = kiln(&["build", "web"]);
+    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
+    let result = repo.join("result");
+    // The same disk contents (qemu-img compares guest-visible bytes).
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(result.join("disk.qcow2"))
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(compare.status.success(), "{}", text(&compare.stdout));
+    let user_data = std::fs::read_to_string(result.join("seed/user-data")).unwrap();
+    assert!(user_data.contains("vendor-marker"), "{user_data}");
+    assert!(result.join("seed.iso").is_file());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(result.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["base"]["name"], "vendor.qcow2", "{manifest}");
+    assert_eq!(manifest["virtual_size"], 4u64 << 20, "{manifest}");
+    let spec: kiln::builders::vm::spec::VmSpec =
+        serde_json::from_slice(&std::fs::read(result.join("vm.json")).unwrap()).unwrap();
+    assert_eq!(spec.vmid, Some(130));
+
+    // A qcow2 that points at a backing file elsewhere on the machine.
+    let overlay = served.join("vendor.qcow2");
+    std::fs::remove_file(&overlay).unwrap();
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&raw)
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let relocked = kiln(&["lock", "--update"]);
+    assert_eq!(
+        relocked.status.code(),
+        Some(0),
+        "{}",
+        text(&relocked.stderr)
+    );
+    let refused = kiln(&["build", "web"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("refers to another file"),
+        "{}",
+        text(&refused.stderr)
+    );
+}

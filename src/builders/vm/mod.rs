@@ -156,7 +156,11 @@ pub fn build(input: &VmInput<'_>, out: &Path) -> Result<(), VmError> {
         };
     let base = match &input.source {
         Source::Disk { image, .. } => Some(FileEntry {
-            name: image.file_name().and_then(|n| n.to_str()).unwrap_or("base"),
+            // The store path's name, without its hash.
+            name: image
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map_or("base", |n| n.split_once('-').map_or(n, |(_, name)| name)),
             sha256: sha256_file(image)?,
             size: file_size(image)?,
         }),
