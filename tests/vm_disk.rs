@@ -262,6 +262,19 @@ fn vendor_disk_image_is_passed_through() {
         serde_json::from_slice(&std::fs::read(result.join("vm.json")).unwrap()).unwrap();
     assert_eq!(spec.vmid, Some(130));
 
+    // `HOST#raw` also keeps the disk as raw: the vendor's bytes.
+    let raw_build = kiln(&["build", "web#raw", "-o", "raw-result"]);
+    assert_eq!(
+        raw_build.status.code(),
+        Some(0),
+        "{}",
+        text(&raw_build.stderr)
+    );
+    assert!(
+        std::fs::read(repo.join("raw-result/disk.raw")).unwrap() == bytes,
+        "disk.raw is not the vendor image's contents"
+    );
+
     // A qcow2 that points at a backing file elsewhere on the machine.
     let overlay = served.join("vendor.qcow2");
     std::fs::remove_file(&overlay).unwrap();
