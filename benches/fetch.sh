@@ -87,7 +87,12 @@ for line in sys.stdin:
 work=$(mktemp -d)
 server_pid=
 cleanup() {
-    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    # `wait` on the killed server returns non-zero: under `set -e` that
+    # would end the trap before the 1 GiB work directory is removed.
+    if [[ -n $server_pid ]]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
