@@ -11,6 +11,7 @@
 //! guest specs it emits, and its Proxmox simulator uses it to refuse what a
 //! real node would refuse.
 
+pub mod client;
 pub mod schema;
 
 pub use schema::{ApiSchema, MethodSchema, SchemaError, Violation};
