@@ -3,6 +3,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`schema`] | Proxmox's published API schema, compiled; validation of request parameters as `pveproxy` does it |
+//! | [`sim`] | a Proxmox VE API simulator (axum/hyper) for tests and `kiln-pve-sim` |
 //!
 //! The schema is data, not code: load `pve-apidata-*.json` (pve-docs
 //! `api-viewer/apidata.js`) and `pve-api-formats.json` with
@@ -13,5 +14,6 @@
 
 pub mod client;
 pub mod schema;
+pub mod sim;
 
 pub use schema::{ApiSchema, MethodSchema, SchemaError, Violation};
