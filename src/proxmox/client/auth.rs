@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn token_ids_are_checked_and_secrets_never_printed() {
-        let token = Token::new("kiln@pve!deploy", "0f0e6d6c-aaaa-bbbb-cccc-1234567890ab\n").unwrap();
+        let token =
+            Token::new("kiln@pve!deploy", "0f0e6d6c-aaaa-bbbb-cccc-1234567890ab\n").unwrap();
         assert_eq!(
             token.header(),
             "PVEAPIToken=kiln@pve!deploy=0f0e6d6c-aaaa-bbbb-cccc-1234567890ab"
@@ -149,7 +150,13 @@ mod tests {
         for shown in [format!("{token:?}"), format!("{token}")] {
             assert!(!shown.contains("0f0e6d6c"), "{shown}");
         }
-        for bad in ["kiln@pve", "kiln!deploy", "kiln@pve!1x", "kiln@pve!d", "@pve!deploy"] {
+        for bad in [
+            "kiln@pve",
+            "kiln!deploy",
+            "kiln@pve!1x",
+            "kiln@pve!d",
+            "@pve!deploy",
+        ] {
             assert!(Token::new(bad, "s").is_err(), "{bad}");
         }
         assert!(Token::new("kiln@pve!deploy", "  ").is_err());
@@ -159,7 +166,9 @@ mod tests {
     #[test]
     fn fingerprints_parse() {
         let text = "AB:".repeat(31) + "CD";
-        assert!(matches!(Trust::fingerprint(&text), Ok(Trust::Fingerprint(b)) if b[0] == 0xAB && b[31] == 0xCD));
+        assert!(
+            matches!(Trust::fingerprint(&text), Ok(Trust::Fingerprint(b)) if b[0] == 0xAB && b[31] == 0xCD)
+        );
         assert!(Trust::fingerprint("AB:CD").is_err());
         assert!(Trust::fingerprint(&"ZZ".repeat(32)).is_err());
         assert_eq!(fingerprint_of(b"x").len(), 32 * 3 - 1);

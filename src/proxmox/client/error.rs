@@ -82,7 +82,10 @@ fn log_tail(log: &[String]) -> String {
         return String::new();
     }
     let start = log.len().saturating_sub(20);
-    format!("\n  task log (last lines):\n    {}", log[start..].join("\n    "))
+    format!(
+        "\n  task log (last lines):\n    {}",
+        log[start..].join("\n    ")
+    )
 }
 
 /// The error for a non-success answer with `body`.
@@ -154,9 +157,18 @@ mod tests {
     #[test]
     fn parameter_errors_name_each_parameter() {
         let body = br#"{"data":null,"message":"Parameter verification failed.\n","errors":{"vmid":"value does not look like a valid VM ID","net0":"invalid format - bad MAC\n"}}"#;
-        let error = from_response("POST", "/nodes/pve/qemu", 400, "Parameter verification failed.", body);
+        let error = from_response(
+            "POST",
+            "/nodes/pve/qemu",
+            400,
+            "Parameter verification failed.",
+            body,
+        );
         let text = error.to_string();
-        assert!(text.contains("vmid: value does not look like a valid VM ID"), "{text}");
+        assert!(
+            text.contains("vmid: value does not look like a valid VM ID"),
+            "{text}"
+        );
         assert!(text.contains("net0: invalid format - bad MAC"), "{text}");
     }
 
@@ -164,10 +176,23 @@ mod tests {
     fn permission_and_auth_errors_carry_hints() {
         let body = br#"{"data":null,"message":"Permission check failed (/storage/local, Datastore.AllocateTemplate)\n"}"#;
         let text = from_response("POST", "/x", 403, "Forbidden", body).to_string();
-        assert!(text.contains("Datastore.AllocateTemplate") && text.contains("hint"), "{text}");
+        assert!(
+            text.contains("Datastore.AllocateTemplate") && text.contains("hint"),
+            "{text}"
+        );
         let text = from_response("GET", "/x", 401, "No ticket", b"").to_string();
-        assert!(text.contains("401 No ticket") && text.contains("API token"), "{text}");
-        let text = from_response("POST", "/x", 500, "x", br#"{"data":null,"message":"VM 100 already exists\n"}"#).to_string();
+        assert!(
+            text.contains("401 No ticket") && text.contains("API token"),
+            "{text}"
+        );
+        let text = from_response(
+            "POST",
+            "/x",
+            500,
+            "x",
+            br#"{"data":null,"message":"VM 100 already exists\n"}"#,
+        )
+        .to_string();
         assert!(text.ends_with("500: VM 100 already exists"), "{text}");
     }
 }

@@ -50,19 +50,18 @@ pub enum TaskState {
 
 impl Client {
     pub fn new(endpoint: &Endpoint) -> Result<Client, ApiError> {
-        let config_error = |e: &dyn std::fmt::Display| ApiError::Config(format!("{}: {e}", endpoint.url));
+        let config_error =
+            |e: &dyn std::fmt::Display| ApiError::Config(format!("{}: {e}", endpoint.url));
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(15));
         match &endpoint.trust {
             Trust::System => {}
             Trust::CaFile(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ApiError::Config(format!("CA file {}: {e}", path.display()))
-                })?;
-                let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    ApiError::Config(format!("CA file {}: {e}", path.display()))
-                })?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| ApiError::Config(format!("CA file {}: {e}", path.display())))?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| ApiError::Config(format!("CA file {}: {e}", path.display())))?;
                 builder = builder.tls_certs_only(certificates);
             }
             Trust::Fingerprint(fingerprint) => {
@@ -124,7 +123,11 @@ impl Client {
 
     /// A task's state.
     pub async fn task_state(&self, upid: &Upid) -> Result<TaskState, ApiError> {
-        let path = format!("/nodes/{}/tasks/{}/status", upid.node, encode(upid.as_str()));
+        let path = format!(
+            "/nodes/{}/tasks/{}/status",
+            upid.node,
+            encode(upid.as_str())
+        );
         let data = self.get(&path, &BTreeMap::new()).await?;
         match data.get("status").and_then(serde_json::Value::as_str) {
             Some("running") => Ok(TaskState::Running),
@@ -283,13 +286,20 @@ impl Client {
         let reason = status.canonical_reason().unwrap_or("").to_owned();
         let body = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(error::from_response(method, path, status.as_u16(), &reason, &body));
+            return Err(error::from_response(
+                method,
+                path,
+                status.as_u16(),
+                &reason,
+                &body,
+            ));
         }
-        let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
         Ok(json.get("data").cloned().unwrap_or(serde_json::Value::Null))
     }
 }

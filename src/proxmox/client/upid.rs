@@ -37,7 +37,13 @@ impl Upid {
             && !node.starts_with('-')
             && !node.ends_with('-');
         let plain = |s: &str| !s.chars().any(|c| c.is_whitespace() || c == '/');
-        if !node_ok || kind.is_empty() || user.is_empty() || !plain(kind) || !plain(id) || !plain(user) {
+        if !node_ok
+            || kind.is_empty()
+            || user.is_empty()
+            || !plain(kind)
+            || !plain(id)
+            || !plain(user)
+        {
             return None;
         }
         Some(Upid {
@@ -75,13 +81,15 @@ mod tests {
 
     #[test]
     fn parses_real_upids() {
-        let upid = Upid::parse("UPID:node01:00003558:071F1869:6857C4E4:imgcopy::caprox1@pve!capi:").unwrap();
+        let upid = Upid::parse("UPID:node01:00003558:071F1869:6857C4E4:imgcopy::caprox1@pve!capi:")
+            .unwrap();
         assert_eq!(upid.node, "node01");
         assert_eq!(upid.pid, 0x3558);
         assert_eq!(upid.kind, "imgcopy");
         assert_eq!(upid.id, "");
         assert_eq!(upid.user, "caprox1@pve!capi");
-        let upid = Upid::parse("UPID:pve:000A1B2C:1071F1869:6857C4E4:qmcreate:100:root@pam:").unwrap();
+        let upid =
+            Upid::parse("UPID:pve:000A1B2C:1071F1869:6857C4E4:qmcreate:100:root@pam:").unwrap();
         assert_eq!(upid.pstart, 0x1071F1869);
         assert_eq!(upid.id, "100");
     }
