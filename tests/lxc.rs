@@ -13,63 +13,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{copy_tree, root, text};
-
-#[allow(
-    clippy::print_stderr,
-    reason = "a skipped test must say so loudly, and timings are test diagnostics"
-)]
-fn notice(message: &str) {
-    eprintln!("{message}");
-}
-
-fn mirror_reachable() -> bool {
-    use std::net::ToSocketAddrs;
-    let Ok(addresses) = ("deb.debian.org", 80).to_socket_addrs() else {
-        return false;
-    };
-    addresses
-        .into_iter()
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Run kiln with a given umask, TZ and locale.
-fn kiln(repo: &Path, store: &Path, umask: &str, tz: &str, locale: &str, args: &[&str]) -> Output {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_kiln"))
-        .args(["--color", "never", "--store"])
-        .arg(store)
-        .args(args)
-        .current_dir(repo)
-        .env("TZ", tz)
-        .env("LANG", locale)
-        .env("LC_ALL", locale);
-    command.output().expect("run kiln")
-}
-
-fn ok(output: Output, what: &str) -> Output {
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{what}\nstdout:\n{}\nstderr:\n{}",
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    output
-}
+use common::{copy_tree, have, kiln_under as kiln, mirror_reachable, notice, ok, root, text};
 
 fn sha256(path: &Path) -> String {
     use sha2::Digest;

@@ -19,9 +19,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use base64::Engine as _;
+use common::{have, mirror_reachable};
 use kiln::builders::overlay::{self, OverlayInput};
 use kiln::builders::seed::{self, Seed, SeedError, SeedInput};
 use kiln::config::DocKind;
@@ -456,16 +456,6 @@ fn skip(message: &str) {
     eprintln!("SKIP: {message}");
 }
 
-fn mirror_reachable() -> bool {
-    use std::net::ToSocketAddrs;
-    let Ok(addresses) = ("deb.debian.org", 80).to_socket_addrs() else {
-        return false;
-    };
-    addresses
-        .into_iter()
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
-}
-
 /// Debian 12's cloud-init, unpacked by the validator script.
 struct Validator {
     script: PathBuf,
@@ -740,13 +730,6 @@ fn pyyaml_reads_what_kiln_wrote() {
 }
 
 // ── the ISO ────────────────────────────────────────────────────────────────
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Not a test on its own: the ISO test runs this binary again, under
 /// another umask, time zone and locale, with `KILN_SEED_ISO_CHILD` naming a

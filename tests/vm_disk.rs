@@ -11,22 +11,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::text;
+use common::{have, notice, text};
 use kiln::builders::vm::disk;
 
 const EPOCH: u64 = 1_700_000_000;
-
-#[allow(clippy::print_stderr, reason = "a skipped test must say so loudly")]
-fn notice(message: &str) {
-    eprintln!("{message}");
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// A tree with a kernel, an initrd, a boot loader, files, a symlink, a
 /// hard link, a name with a quote and a space, and an empty directory,

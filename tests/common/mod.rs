@@ -37,3 +37,65 @@ pub(crate) fn kiln(dir: &Path, args: &[&str]) -> Output {
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Print a notice (a skipped test must say so loudly).
+#[allow(clippy::print_stderr, reason = "a skipped test must say so loudly")]
+pub(crate) fn notice(message: &str) {
+    eprintln!("{message}");
+}
+
+/// Whether Debian's mirror answers on port 80 (tests that need it skip
+/// with a notice when it does not, and fail on any other problem).
+pub(crate) fn mirror_reachable() -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addresses) = ("deb.debian.org", 80).to_socket_addrs() else {
+        return false;
+    };
+    addresses.into_iter().any(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok()
+    })
+}
+
+/// Whether `tool` is on PATH.
+pub(crate) fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run kiln on `repo` with `store`, under a given umask, TZ and locale.
+pub(crate) fn kiln_under(
+    repo: &Path,
+    store: &Path,
+    umask: &str,
+    tz: &str,
+    locale: &str,
+    args: &[&str],
+) -> Output {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--color", "never", "--store"])
+        .arg(store)
+        .args(args)
+        .current_dir(repo)
+        .env("TZ", tz)
+        .env("LANG", locale)
+        .env("LC_ALL", locale);
+    command.output().expect("run kiln")
+}
+
+/// `output`, after asserting it exited 0 (showing both streams if not).
+pub(crate) fn ok(output: Output, what: &str) -> Output {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{what}\nstdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    output
+}
