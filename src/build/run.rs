@@ -175,6 +175,37 @@ fn prefixed_inputs(
         .collect()
 }
 
+/// The store path of the derivation's input `key`.
+fn input_path(
+    derivation: &Derivation,
+    store_root: &Path,
+    key: &str,
+) -> Result<PathBuf, BuilderError> {
+    derivation
+        .inputs
+        .get(key)
+        .map(|input| store_root.join(input.path().to_string()))
+        .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
+}
+
+/// The derivation's `SOURCE_DATE_EPOCH` (0 if it has none), as the
+/// builder wants it (`u64`, or `i64` for the overlay).
+fn source_date_epoch<T: std::str::FromStr + Default>(derivation: &Derivation) -> T {
+    derivation
+        .env
+        .get("SOURCE_DATE_EPOCH")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Scratch space next to `out`, removed with the build's scratch.
+fn scratch(out: &Path) -> Result<PathBuf, BuilderError> {
+    let work = out.with_file_name("work");
+    fs::create_dir_all(&work)
+        .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
+    Ok(work)
+}
+
 /// The child side: set umask 022, read the derivation, run its builder.
 pub fn run_builder(
     drv_file: &Path,
@@ -214,11 +245,7 @@ pub fn run_builder(
                 .map_err(|e| BuilderError::Failed(format!("config: {e}")))?;
             let host = arg("host")?;
             let sources = prefixed_inputs(&derivation, store_root, "source:");
-            let epoch = derivation
-                .env
-                .get("SOURCE_DATE_EPOCH")
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0);
+            let epoch = source_date_epoch(&derivation);
             let input = crate::builders::overlay::OverlayInput {
                 host,
                 config: &config,
@@ -238,21 +265,9 @@ pub fn run_builder(
         }
         crate::builders::vm::BUILDER if derivation.args.contains_key("disk_format") => {
             // A VM from a vendor's disk image: no rootfs to make.
-            let path = |key: &str| {
-                derivation
-                    .inputs
-                    .get(key)
-                    .map(|input| store_root.join(input.path().to_string()))
-                    .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
-            };
-            let epoch = derivation
-                .env
-                .get("SOURCE_DATE_EPOCH")
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0);
-            let work = out.with_file_name("work");
-            fs::create_dir_all(&work)
-                .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
+            let path = |key: &str| input_path(&derivation, store_root, key);
+            let epoch = source_date_epoch(&derivation);
+            let work = scratch(out)?;
             let config: crate::eval::spec::SystemConfig = serde_json::from_str(arg("config")?)
                 .map_err(|e| BuilderError::Failed(format!("config: {e}")))?;
             let hash = derivation.hash();
@@ -273,23 +288,11 @@ pub fn run_builder(
             crate::builders::vm::build(&vm, out).map_err(|e| BuilderError::Failed(e.to_string()))
         }
         builder @ (crate::builders::lxc::BUILDER | crate::builders::vm::BUILDER) => {
-            let input_path = |key: &str| {
-                derivation
-                    .inputs
-                    .get(key)
-                    .map(|input| store_root.join(input.path().to_string()))
-                    .ok_or_else(|| BuilderError::Failed(format!("no `{key}` input")))
-            };
+            let input_path = |key: &str| input_path(&derivation, store_root, key);
             let debs = prefixed_inputs(&derivation, store_root, "deb:");
-            let epoch = derivation
-                .env
-                .get("SOURCE_DATE_EPOCH")
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0);
+            let epoch = source_date_epoch(&derivation);
             // Scratch space next to `out`, removed with the build's scratch.
-            let work = out.with_file_name("work");
-            fs::create_dir_all(&work)
-                .map_err(|e| BuilderError::Failed(format!("{}: {e}", work.display())))?;
+            let work = scratch(out)?;
             let hash = derivation.hash();
             let debian: Option<crate::builders::lxc::DebianParams> = derivation
                 .args

@@ -218,17 +218,15 @@ impl Plan {
         Ok(hash)
     }
 
-    /// Add an LXC host's template: the host's pinned Debian set (its
-    /// fetches and index), its overlay (already added: `overlay`), and the
-    /// `lxc` derivation over them. `version` names the template file
-    /// (`HOST_VERSION_amd64.tar.zst`).
-    pub fn add_lxc_template(
+    /// What a root filesystem bootstrapped from the Debian set `entry` is
+    /// built from: the `index` (which adds the set's fetches), every `deb:`
+    /// input, the `overlay`, and the set's parameters for the builder.
+    fn debian_rootfs_inputs(
         &mut self,
         name: &str,
-        overlay: &DrvHash,
         entry: &DebianEntry,
-        version: &str,
-    ) -> Result<DrvHash, PlanError> {
+        overlay: &DrvHash,
+    ) -> Result<(BTreeMap<String, Input>, crate::builders::lxc::DebianParams), PlanError> {
         let index = self.add_debian_packages(name, entry)?;
         let mut inputs = BTreeMap::new();
         inputs.insert(
@@ -248,12 +246,6 @@ impl Plan {
         for (key, input) in &self.derivations[&index].inputs {
             inputs.insert(key.clone(), input.clone());
         }
-        let json = |value: &dyn erased::Json| {
-            value.to_json().map_err(|reason| PlanError::Serialise {
-                target: name.to_owned(),
-                reason,
-            })
-        };
         let debian = crate::builders::lxc::DebianParams {
             suite: entry.suite.clone(),
             architecture: entry.architecture.clone(),
@@ -261,6 +253,27 @@ impl Plan {
             components: entry.components.clone(),
             variant: entry.variant.clone(),
             requested: entry.requested.clone(),
+        };
+        Ok((inputs, debian))
+    }
+
+    /// Add an LXC host's template: the host's pinned Debian set (its
+    /// fetches and index), its overlay (already added: `overlay`), and the
+    /// `lxc` derivation over them. `version` names the template file
+    /// (`HOST_VERSION_amd64.tar.zst`).
+    pub fn add_lxc_template(
+        &mut self,
+        name: &str,
+        overlay: &DrvHash,
+        entry: &DebianEntry,
+        version: &str,
+    ) -> Result<DrvHash, PlanError> {
+        let (inputs, debian) = self.debian_rootfs_inputs(name, entry, overlay)?;
+        let json = |value: &dyn erased::Json| {
+            value.to_json().map_err(|reason| PlanError::Serialise {
+                target: name.to_owned(),
+                reason,
+            })
         };
         let (hash, _) = self.add(Derivation {
             name: format!("{name}-lxc"),
@@ -294,38 +307,12 @@ impl Plan {
         config: &SystemConfig,
         raw: bool,
     ) -> Result<DrvHash, PlanError> {
-        let index = self.add_debian_packages(name, entry)?;
-        let mut inputs = BTreeMap::new();
-        inputs.insert(
-            "index".to_owned(),
-            Input::Derivation {
-                drv: index.clone(),
-                path: self.output(&index).clone(),
-            },
-        );
-        inputs.insert(
-            "overlay".to_owned(),
-            Input::Derivation {
-                drv: overlay.clone(),
-                path: self.output(overlay).clone(),
-            },
-        );
-        for (key, input) in &self.derivations[&index].inputs {
-            inputs.insert(key.clone(), input.clone());
-        }
+        let (inputs, debian) = self.debian_rootfs_inputs(name, entry, overlay)?;
         let json = |value: &dyn erased::Json| {
             value.to_json().map_err(|reason| PlanError::Serialise {
                 target: name.to_owned(),
                 reason,
             })
-        };
-        let debian = crate::builders::lxc::DebianParams {
-            suite: entry.suite.clone(),
-            architecture: entry.architecture.clone(),
-            mirror: entry.mirror.clone(),
-            components: entry.components.clone(),
-            variant: entry.variant.clone(),
-            requested: entry.requested.clone(),
         };
         let mut args = BTreeMap::from([
             ("config".to_owned(), json(config)?),
