@@ -447,29 +447,8 @@ pub(super) fn build(
             ..crate::fetch::FetchOptions::default()
         },
     };
-    if let build::sandbox::Isolation::Unavailable(reason) = build::sandbox::Isolation::detect() {
-        printer.status(&format!(
-            "warning: builders run WITHOUT network isolation: {reason}"
-        ));
-    }
-    let progress = BuildProgress::new(printer, store.root());
-    let results = build::build(store, &plan, &options, &progress);
-    progress.clear();
-    let results = match results {
-        Ok(results) => results,
-        Err(error) => {
-            printer.fatal(&error.to_string());
-            if let build::BuildError::Fetch { failures } = &error
-                && failures
-                    .iter()
-                    .any(|(_, reason)| reason.contains("hash mismatch"))
-            {
-                printer.status(
-                    "hint: lockfile.toml pins other bytes than the server sent: if the file changed upstream on purpose, re-pin it with `kiln lock --update INPUT` and review the diff",
-                );
-            }
-            return Ok(ExitCode::from(1));
-        }
+    let Some(results) = realise(store, &plan, &options, printer) else {
+        return Ok(ExitCode::from(1));
     };
     let built = results.iter().filter(|r| r.status == Status::Built).count();
     if built == 0 && !args.check {
@@ -524,6 +503,90 @@ pub(super) fn build(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Build what `plan` needs, with progress; `None` after printing why it
+/// failed.
+fn realise(
+    store: &Store,
+    plan: &crate::plan::Plan,
+    options: &BuildOptions,
+    printer: &Printer,
+) -> Option<Vec<Realised>> {
+    if let build::sandbox::Isolation::Unavailable(reason) = build::sandbox::Isolation::detect() {
+        printer.status(&format!(
+            "warning: builders run WITHOUT network isolation: {reason}"
+        ));
+    }
+    let progress = BuildProgress::new(printer, store.root());
+    let results = build::build(store, plan, options, &progress);
+    progress.clear();
+    match results {
+        Ok(results) => Some(results),
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            if let build::BuildError::Fetch { failures } = &error
+                && failures
+                    .iter()
+                    .any(|(_, reason)| reason.contains("hash mismatch"))
+            {
+                printer.status(
+                    "hint: lockfile.toml pins other bytes than the server sent: if the file changed upstream on purpose, re-pin it with `kiln lock --update INPUT` and review the diff",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Plan and build `targets` (as `kiln build` would, without result
+/// links) for a command that needs their images, e.g. `kiln deploy`.
+/// `None` after printing why not.
+pub(super) fn build_for(
+    evaluator: &Evaluator,
+    store: &Store,
+    targets: &[Target],
+    printer: &Printer,
+) -> anyhow::Result<Option<crate::plan::Plan>> {
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(lock) = read_lock(evaluator, false, printer)? else {
+        return Ok(None);
+    };
+    let Some(plan) = report_failure(
+        evaluator,
+        printer,
+        ops::build::plan(evaluator, targets, false, jobs, &lock),
+    ) else {
+        return Ok(None);
+    };
+    let options = BuildOptions {
+        jobs,
+        check: false,
+        keep_failed: false,
+        repo: evaluator.repo.root.clone(),
+        kiln: std::env::current_exe()?,
+        fetch: crate::fetch::FetchOptions::default(),
+    };
+    if build::needed(store, &plan, false).is_empty() {
+        return Ok(Some(plan));
+    }
+    Ok(realise(store, &plan, &options, printer).map(|_| plan))
+}
+
+/// Plan `targets` without building: the store paths the repo builds now.
+pub(super) fn plan_for(
+    evaluator: &Evaluator,
+    targets: &[Target],
+    printer: &Printer,
+) -> anyhow::Result<Option<crate::plan::Plan>> {
+    let Some(lock) = read_lock(evaluator, false, printer)? else {
+        return Ok(None);
+    };
+    Ok(report_failure(
+        evaluator,
+        printer,
+        ops::build::plan(evaluator, targets, false, 1, &lock),
+    ))
 }
 
 pub(super) fn show_derivation(

@@ -4,6 +4,7 @@
 //! problem is printed); 2 usage errors (from clap). A panic is a bug.
 
 mod build_cmd;
+mod deploy_cmd;
 mod output;
 
 use std::io::IsTerminal;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::ops::{self, EvalFailure, Target};
+use crate::ops::{self, Target};
 use output::Printer;
 
 #[derive(Debug, Parser)]
@@ -116,6 +117,20 @@ pub enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(build_cmd::StoreCommand),
+    /// Build hosts if needed, upload their images to Proxmox VE, create or
+    /// replace their guests, wait for health and record a generation.
+    Deploy(deploy_cmd::DeployArgs),
+    /// Make a host run an earlier generation again (no rebuild).
+    Rollback(deploy_cmd::RollbackArgs),
+    /// List a host's generations (`*` marks the one it runs).
+    Generations(deploy_cmd::GenerationsArgs),
+    /// What changed between two generations: packages, files, config.
+    Diff(deploy_cmd::DiffArgs),
+    /// Each host's deployed generation against what the repo builds now.
+    Status(deploy_cmd::StatusArgs),
+    /// Forget old generations: drop their gc roots and, with --remote,
+    /// delete the volumes they uploaded that no kept generation uses.
+    Gc(deploy_cmd::GcArgs),
     /// Run one builder (used by `kiln build`; not for people).
     #[command(hide = true)]
     InternalBuild {
@@ -209,29 +224,8 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Err(EvalFailure::UnknownTarget { target, hint }) => {
-                let mut message = format!(
-                    "no {} named `{}` in {}",
-                    target.kind,
-                    target.name,
-                    evaluator.repo.root.display()
-                );
-                if let Some(hint) = hint {
-                    message.push_str(&format!("; {hint}"));
-                }
-                printer.fatal(&message);
-                Ok(ExitCode::from(1))
-            }
-            Err(EvalFailure::Invalid(diagnostics)) => {
-                let diagnostics = {
-                    let mut all = crate::config::Diagnostics::default();
-                    all.extend(diagnostics);
-                    all.finish(sources)
-                };
-                for diagnostic in &diagnostics {
-                    printer.diagnostic(diagnostic, sources);
-                }
-                printer.error_count(diagnostics.len(), sources, &diagnostics);
+            Err(failure) => {
+                deploy_cmd::report_eval_failure(&evaluator, failure, printer);
                 Ok(ExitCode::from(1))
             }
         },
@@ -268,6 +262,21 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
         Command::ShowDerivation { target, json } => {
             build_cmd::show_derivation(&evaluator, target, *json, printer)
         }
+        Command::Deploy(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            deploy_cmd::deploy(&evaluator, &store, args, printer)
+        }
+        Command::Rollback(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            deploy_cmd::rollback(&evaluator, &store, args, printer)
+        }
+        Command::Generations(args) => deploy_cmd::generations(&evaluator, args, printer),
+        Command::Diff(args) => deploy_cmd::diff(args, printer),
+        Command::Status(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            deploy_cmd::status(&evaluator, &store, args, printer)
+        }
+        Command::Gc(args) => deploy_cmd::gc(&evaluator, args, printer),
         Command::Store(_) | Command::InternalBuild { .. } => unreachable!("handled above"),
     }
 }

@@ -99,6 +99,9 @@ pub struct SystemConfig {
     pub network: Network,
     pub cloud_init: CloudInit,
     pub proxmox: Proxmox,
+    /// How `kiln deploy` decides the guest is healthy (not a build input).
+    #[serde(default, skip_serializing_if = "Health::is_unset")]
+    pub health: Health,
     /// Options declared by modules, by their top-level group.
     #[serde(flatten)]
     pub options: BTreeMap<String, serde_json::Value>,
@@ -211,6 +214,63 @@ pub struct Proxmox {
     pub cpu: String,
     pub scsihw: String,
     pub agent: bool,
+    /// Where and how `kiln deploy` reaches Proxmox (not a build input).
+    #[serde(default, skip_serializing_if = "Api::is_unset")]
+    pub api: Api,
+}
+
+/// `proxmox.api`: the endpoint, token and trust `kiln deploy` uses. Unset
+/// values take the defaults documented in `core.toml` at deploy time, so
+/// an unset block serialises to nothing and derivations do not change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Api {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub fingerprint: Option<String>,
+    pub ca_file: Option<String>,
+    /// Seconds.
+    pub timeout: Option<u32>,
+    /// Seconds.
+    pub task_timeout: Option<u32>,
+}
+
+impl Api {
+    pub fn is_unset(&self) -> bool {
+        *self == Api::default()
+    }
+}
+
+/// `health`: what `kiln deploy` waits for after starting a guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    /// `HOST:PORT` that must accept a TCP connection.
+    pub tcp: Option<String>,
+    /// A URL that must answer 2xx/3xx.
+    pub http: Option<String>,
+    /// Seconds.
+    pub timeout: Option<u32>,
+}
+
+impl Health {
+    pub fn is_unset(&self) -> bool {
+        *self == Health::default()
+    }
+}
+
+impl SystemConfig {
+    /// The configuration as a builder sees it: without what only deploying
+    /// uses (`proxmox.api`, `health`), so changing an endpoint, a token or
+    /// a health check rebuilds nothing.
+    pub fn for_build(&self) -> SystemConfig {
+        let mut config = self.clone();
+        config.proxmox.api = Api::default();
+        config.health = Health::default();
+        config
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

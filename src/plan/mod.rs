@@ -121,10 +121,11 @@ impl Plan {
             let (drv, path) = self.add(source_derivation(source, nar_sha256))?;
             inputs.insert(format!("source:{source}"), Input::Fixed { drv, path });
         }
-        let config = serde_json::to_string(config).map_err(|error| PlanError::Serialise {
-            target: name.to_owned(),
-            reason: error.to_string(),
-        })?;
+        let config =
+            serde_json::to_string(&config.for_build()).map_err(|error| PlanError::Serialise {
+                target: name.to_owned(),
+                reason: error.to_string(),
+            })?;
         let overlay = Derivation {
             name: format!("{name}-overlay"),
             builder: "overlay".into(),
@@ -315,7 +316,7 @@ impl Plan {
             })
         };
         let mut args = BTreeMap::from([
-            ("config".to_owned(), json(config)?),
+            ("config".to_owned(), json(&config.for_build())?),
             ("debian".to_owned(), json(&debian)?),
             ("host".to_owned(), name.to_owned()),
             ("packages".to_owned(), json(&entry.packages)?),
@@ -366,10 +367,11 @@ impl Plan {
                 },
             ),
         ]);
-        let config = serde_json::to_string(config).map_err(|error| PlanError::Serialise {
-            target: name.to_owned(),
-            reason: error.to_string(),
-        })?;
+        let config =
+            serde_json::to_string(&config.for_build()).map_err(|error| PlanError::Serialise {
+                target: name.to_owned(),
+                reason: error.to_string(),
+            })?;
         let mut args = BTreeMap::from([
             ("config".to_owned(), config),
             ("disk_format".to_owned(), format.to_owned()),
