@@ -150,3 +150,38 @@ fn no_repo_is_a_clear_error() {
         text(&output.stderr)
     );
 }
+
+/// Deploy-only options (`proxmox.api.*`, `health.*`) are not build
+/// inputs: changing the endpoint or a health check rebuilds nothing.
+#[test]
+fn deploy_options_do_not_change_derivations() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("repo");
+    for sub in ["hosts", "images", "modules", "stacks"] {
+        common::copy_tree(&root().join(sub), &copy.join(sub));
+    }
+    std::fs::copy(root().join("lockfile.toml"), copy.join("lockfile.toml")).unwrap();
+    let hash = |repo: &std::path::Path, host: &str| {
+        let output = kiln(repo, &["show-derivation", host, "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        value["hash"].as_str().unwrap().to_owned()
+    };
+    let before = (hash(&copy, "db"), hash(&copy, "docker-host"));
+    let base = std::fs::read_to_string(copy.join("modules/base.toml")).unwrap();
+    std::fs::write(
+        copy.join("modules/base.toml"),
+        base.replace("https://pve1.home.arpa:8006", "https://pve2.home.arpa:8006")
+            .replace("[config]\n", "[config]\nproxmox.api.timeout = 30\n"),
+    )
+    .unwrap();
+    let after = (hash(&copy, "db"), hash(&copy, "docker-host"));
+    assert_eq!(before, after);
+    // …while a build input does change them.
+    std::fs::write(
+        copy.join("modules/base.toml"),
+        base.replace("Europe/Berlin", "Europe/Paris"),
+    )
+    .unwrap();
+    assert_ne!(hash(&copy, "db"), before.0);
+}

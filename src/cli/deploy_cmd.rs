@@ -315,10 +315,11 @@ pub(super) fn deploy(
                 reports.push(serde_json::to_value(&report)?);
             }
             Err(error) => {
-                printer.fatal(&error.to_string());
+                let message = deploy::error_chain(&error);
+                printer.fatal(&message);
                 failed = true;
                 reports.push(serde_json::json!({
-                    "host": spec.name, "action": "failed", "error": error.to_string(),
+                    "host": spec.name, "action": "failed", "error": message,
                 }));
             }
         }
@@ -447,7 +448,7 @@ pub(super) fn rollback(
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            printer.fatal(&error.to_string());
+            printer.fatal(&deploy::error_chain(&error));
             Ok(ExitCode::from(1))
         }
     }
@@ -501,7 +502,7 @@ pub(super) fn generations(
         let config = match config {
             Ok(c) => c,
             Err(error) => {
-                printer.fatal(&error.to_string());
+                printer.fatal(&deploy::error_chain(&error));
                 return Ok(ExitCode::from(1));
             }
         };
@@ -780,7 +781,7 @@ pub(super) fn gc(
             let listed = match listed {
                 Ok(l) => l,
                 Err(e) => {
-                    printer.fatal(&e.to_string());
+                    printer.fatal(&deploy::error_chain(&e));
                     failed = true;
                     continue;
                 }
@@ -816,7 +817,7 @@ pub(super) fn gc(
                         deleted.push(volid.to_owned());
                     }
                     Err(e) => {
-                        printer.fatal(&e.to_string());
+                        printer.fatal(&deploy::error_chain(&e));
                         failed = true;
                     }
                 }

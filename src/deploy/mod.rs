@@ -754,7 +754,7 @@ impl Deployer<'_> {
                 Ok(report)
             }
             Err(error) => {
-                let reason = error.to_string();
+                let reason = error_chain(&error);
                 let previous = current.filter(|_| touched);
                 let Some(mut previous) = previous else {
                     target.generation.outcome = Outcome::Failed {
@@ -825,7 +825,7 @@ impl Deployer<'_> {
                         target.generation.events.push(Event {
                             at: now,
                             what: "rollback-failed".into(),
-                            detail: Some(rollback.to_string()),
+                            detail: Some(error_chain(&rollback)),
                         });
                         profile.save(&target.generation)?;
                         Err(DeployError::RollbackFailed {
@@ -833,7 +833,7 @@ impl Deployer<'_> {
                             failed: number,
                             to: previous.number,
                             reason,
-                            rollback: rollback.to_string(),
+                            rollback: error_chain(&rollback),
                         })
                     }
                 }
@@ -997,6 +997,21 @@ fn artifacts(g: &Generation, image: &Path) -> Result<Vec<Artifact>, DeployError>
         }
     }
     Ok(out)
+}
+
+/// An error and its causes on one line (reqwest's "error sending request"
+/// says why only in its sources).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(&format!(": {next}"));
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `1.5 GiB`, `320 MiB`, `12 KiB`.
