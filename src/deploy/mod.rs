@@ -500,10 +500,17 @@ impl Deployer<'_> {
             };
             let old_boot = current.get(&boot).map(|v| volume_of(v).to_owned());
             // Keep what belongs to the VM, not to the image: the EFI vars
-            // and data disks already there.
+            // and the data disks already there. The drives that carry the
+            // image (boot disk, seed) are always set.
+            let image_drives: Vec<&String> = g
+                .guest
+                .iter()
+                .filter(|(_, v)| v.contains(guest::DISK) || v.contains(guest::SEED))
+                .map(|(k, _)| k)
+                .collect();
             wanted.remove("efidisk0");
-            wanted.retain(|key, value| {
-                !(current.contains_key(key) && value.contains(':') && key != &boot && is_drive(key))
+            wanted.retain(|key, _| {
+                !(is_drive(key) && current.contains_key(key) && !image_drives.contains(&key))
             });
             // Options an earlier generation set that this one no longer has.
             let managed: Vec<String> = history
@@ -724,7 +731,23 @@ impl Deployer<'_> {
                 current.number
             ));
         }
-        let number = profile.next_number()?;
+        // The same image as the current generation (its guest is gone or
+        // stopped): deploy that generation again rather than a copy of it.
+        let redeploy = current
+            .as_ref()
+            .filter(|c| c.store_path == target.generation.store_path)
+            .cloned();
+        let current = if redeploy.is_some() { None } else { current };
+        let number = match &redeploy {
+            Some(generation) => {
+                let mut generation = generation.clone();
+                generation.vmid = target.generation.vmid;
+                generation.node = target.generation.node.clone();
+                target.generation = generation;
+                target.generation.number
+            }
+            None => profile.next_number()?,
+        };
         target.generation.number = number;
         report.generation = number;
         let volumes = self.upload(&target, &image, &mut report).await?;
@@ -734,7 +757,9 @@ impl Deployer<'_> {
             profile.save(&target.generation)?;
         }
         let mut with_new = history.clone();
-        with_new.push(target.generation.clone());
+        if redeploy.is_none() {
+            with_new.push(target.generation.clone());
+        }
         let mut touched = false;
         let result = self.apply(&target, &with_new, &mut touched).await;
         if self.dry_run {
@@ -746,7 +771,12 @@ impl Deployer<'_> {
                 target.generation.outcome = Outcome::Succeeded;
                 target.generation.events.push(Event {
                     at: now,
-                    what: "deployed".into(),
+                    what: if redeploy.is_some() {
+                        "redeployed"
+                    } else {
+                        "deployed"
+                    }
+                    .into(),
                     detail: None,
                 });
                 profile.save(&target.generation)?;
