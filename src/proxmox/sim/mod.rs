@@ -23,23 +23,32 @@
 //! Plain HTTP only for now; PVE listens on HTTPS port 8006 (TLS is future
 //! work).
 
+mod acl;
+mod auth;
+mod cluster;
 pub mod config;
 mod faults;
+mod guests;
+mod lxc;
+mod lxc_volumes;
 mod multipart;
+mod qemu;
+mod qemu_disks;
 mod server;
 mod state;
 mod storage;
 mod tasks;
-
-mod auth;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use acl::{EndpointPermission, PERMISSIONS};
 pub use config::{SimConfig, StorageConfig, TokenConfig};
 pub use faults::Fault;
+pub use guests::{Guest, GuestKind};
 pub use state::{LoggedRequest, Outcome, TaskState, Volume};
 
 use crate::proxmox::{ApiSchema, SchemaError};
@@ -156,6 +165,16 @@ impl Simulator {
     /// The volumes on a storage, by volid.
     pub fn volumes(&self, storage: &str) -> BTreeMap<String, Volume> {
         self.state().volumes(storage)
+    }
+
+    /// Every guest (VM or container), by VMID.
+    pub fn guests(&self) -> BTreeMap<u32, Guest> {
+        self.state().guests.clone()
+    }
+
+    /// The guest with this VMID, if it exists.
+    pub fn guest(&self, vmid: u32) -> Option<Guest> {
+        self.state().guests.get(&vmid).cloned()
     }
 
     /// Where a volume's bytes are, if it exists.
