@@ -93,9 +93,14 @@ pub(super) fn check_vmid_unused(state: &State, vmid: u32) -> Result<(), String> 
     }
 }
 
-/// The `vmid` path parameter (the schema checked it is 100..=999999999).
+/// The `vmid` parameter, from the path or (create) the body; the schema
+/// checked it is 100..=999999999.
 pub(super) fn vmid_param(call: &Call<'_>) -> u32 {
-    call.path_param("vmid").parse().unwrap_or_default()
+    call.path_params
+        .get("vmid")
+        .or_else(|| call.params.get("vmid"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
 }
 
 /// The config digest. PVE's is the SHA-1 of the config file; the

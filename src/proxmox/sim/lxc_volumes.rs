@@ -188,8 +188,15 @@ pub(super) fn alloc_mountpoints(
     vmid: u32,
     mountpoints: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, String> {
+    // foreach_volume: rootfs first, then mp0, mp1, ... by number.
+    let mut ordered: Vec<(&String, &String)> = mountpoints.iter().collect();
+    ordered.sort_by_key(|(key, _)| {
+        key.strip_prefix("mp")
+            .and_then(|n| n.parse::<u32>().ok())
+            .map_or(0, |n| u64::from(n) + 1)
+    });
     let mut printed = BTreeMap::new();
-    for (key, value) in mountpoints {
+    for (key, value) in ordered {
         let mut mountpoint = parse_property_string(value, Some("volume"))?;
         let volume = mountpoint.get("volume").cloned().unwrap_or_default();
         if let Some((storage_id, gib)) = new_disk(&volume) {
