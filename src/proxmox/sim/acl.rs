@@ -395,6 +395,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn privileges_read_from_toml() {
+        let config = crate::proxmox::sim::SimConfig::from_toml(
+            "[[tokens]]\nid = \"kiln@pve!t\"\nsecret = \"s\"\n[tokens.privileges]\n\"/vms\" = [\"VM.Audit\"]\n",
+        );
+        let token = config.ok().and_then(|c| c.tokens.into_iter().next());
+        assert!(
+            token.is_some_and(|t| holds(&t, "/vms/7", "VM.Audit") && !holds(&t, "/", "VM.Audit"))
+        );
+    }
+
+    #[test]
     fn the_deepest_listed_path_decides() {
         let token = TokenConfig {
             id: "kiln@pve!t".into(),

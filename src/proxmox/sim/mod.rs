@@ -6,18 +6,25 @@
 //! runs: transfer-encoding check, API-token authentication, the streaming
 //! upload parser, route lookup and parameter validation against Proxmox's
 //! published schema ([`crate::proxmox::ApiSchema`], the 9.1 dump embedded in
-//! the binary). Then a small model answers: nodes, storages and the volumes
-//! on them, and tasks with real-format UPIDs. Where behaviour is not in the
-//! schema, the code names the Proxmox source file it follows.
+//! the binary), then the token's privileges as PVE checks them. Then a
+//! small model answers: nodes, storages and the volumes on them, QEMU and
+//! LXC guests, and tasks with real-format UPIDs. Where behaviour is not in
+//! the schema, the code names the Proxmox source file it follows.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | what the simulated cluster holds at start |
 //! | `server` | the accept loop, `pveproxy`'s request pipeline, the request log |
 //! | `auth` | `PVEAPIToken` header parsing |
+//! | `acl` | token privileges, PVE's ACL checks, [`PERMISSIONS`] |
 //! | `multipart` | `pveproxy`'s order-sensitive streaming upload parser |
 //! | `storage` | storage endpoints, upload, volume delete |
-//! | `tasks` | UPIDs, task status and log |
+//! | `tasks` | UPIDs, task status and log, the node's task list |
+//! | `cluster` | `/cluster/nextid`, `/cluster/resources` |
+//! | `guests` | what VMs and CTs share: config, digest, tags, MACs, guest volumes, guest tasks |
+//! | `volumes` | volume ids in configs: type, owner, access checks, bridges |
+//! | `qemu`, `qemu_disks` | QEMU endpoints; drives and NICs |
+//! | `lxc`, `lxc_volumes` | LXC endpoints; mount points |
 //! | `faults` | faults armed by tests |
 //!
 //! Plain HTTP only for now; PVE listens on HTTPS port 8006 (TLS is future
