@@ -15,7 +15,8 @@ use kiln::proxmox::sim::{SimConfig, Simulator};
 #[command(version)]
 struct Args {
     /// TOML with `listen`, `nodes`, `[[storages]]` (id, type, content) and
-    /// `[[tokens]]` (id, secret); missing keys take the defaults.
+    /// `[[tokens]]` (id, secret, optional `privileges`); missing keys take
+    /// the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (overrides the file); port 0 picks one.

@@ -346,6 +346,15 @@ impl MethodSchema<'_> {
         self.entry.parameters.lookup(name).is_some()
     }
 
+    /// The JSON type of a parameter (`string`, `integer`, `boolean`,
+    /// `number`, ...), if the method takes it and the schema names one.
+    pub fn parameter_type(&self, name: &str) -> Option<&str> {
+        self.entry
+            .parameters
+            .lookup(name)
+            .and_then(|p| p.kind.as_deref())
+    }
+
     /// Every problem with these parameters (path parameters included) as
     /// Proxmox's API would report them, sorted by parameter name; empty if
     /// Proxmox would accept them. Values are form values: all strings.

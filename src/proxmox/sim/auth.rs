@@ -73,6 +73,7 @@ mod tests {
         vec![TokenConfig {
             id: "kiln@pve!ci".to_owned(),
             secret: "s=cret".to_owned(),
+            privileges: None,
         }]
     }
 
@@ -86,6 +87,7 @@ mod tests {
         let ok = [TokenConfig {
             id: "kiln@pve!ci".to_owned(),
             secret: "secret".to_owned(),
+            privileges: None,
         }];
         assert_eq!(
             authenticate(Some("PVEAPIToken kiln%40pve!ci=secret; x"), &ok).as_deref(),

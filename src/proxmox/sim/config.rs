@@ -1,6 +1,7 @@
 //! What the simulated cluster holds when it starts: nodes, storages and API
 //! tokens. Readable from a small TOML file (`kiln-pve-sim --config`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
@@ -47,6 +48,12 @@ pub struct StorageConfig {
 pub struct TokenConfig {
     pub id: String,
     pub secret: String,
+    /// What the (privilege-separated) token may do: ACL path (`/`,
+    /// `/vms`, `/vms/100`, `/storage/local`, `/sdn/zones/localnetwork/vmbr0`)
+    /// → privileges. A path's privileges apply below it unless a deeper
+    /// path is listed, as PVE's propagating ACLs do. `None`: everything.
+    #[serde(default)]
+    pub privileges: Option<BTreeMap<String, Vec<String>>>,
 }
 
 impl TokenConfig {
@@ -105,6 +112,7 @@ fn default_tokens() -> Vec<TokenConfig> {
     vec![TokenConfig {
         id: "kiln@pve!ci".to_owned(),
         secret: "0b0e6a2c-5d1f-4e0a-9a57-2f3c4d5e6f70".to_owned(),
+        privileges: None,
     }]
 }
 

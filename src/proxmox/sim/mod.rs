@@ -6,40 +6,56 @@
 //! runs: transfer-encoding check, API-token authentication, the streaming
 //! upload parser, route lookup and parameter validation against Proxmox's
 //! published schema ([`crate::proxmox::ApiSchema`], the 9.1 dump embedded in
-//! the binary). Then a small model answers: nodes, storages and the volumes
-//! on them, and tasks with real-format UPIDs. Where behaviour is not in the
-//! schema, the code names the Proxmox source file it follows.
+//! the binary), then the token's privileges as PVE checks them. Then a
+//! small model answers: nodes, storages and the volumes on them, QEMU and
+//! LXC guests, and tasks with real-format UPIDs. Where behaviour is not in
+//! the schema, the code names the Proxmox source file it follows.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | what the simulated cluster holds at start |
 //! | `server` | the accept loop, `pveproxy`'s request pipeline, the request log |
 //! | `auth` | `PVEAPIToken` header parsing |
+//! | `acl` | token privileges, PVE's ACL checks, [`PERMISSIONS`] |
 //! | `multipart` | `pveproxy`'s order-sensitive streaming upload parser |
 //! | `storage` | storage endpoints, upload, volume delete |
-//! | `tasks` | UPIDs, task status and log |
+//! | `tasks` | UPIDs, task status and log, the node's task list |
+//! | `cluster` | `/cluster/nextid`, `/cluster/resources` |
+//! | `guests` | what VMs and CTs share: config, digest, tags, MACs, guest volumes, guest tasks |
+//! | `volumes` | volume ids in configs: type, owner, access checks, bridges |
+//! | `qemu`, `qemu_disks` | QEMU endpoints; drives and NICs |
+//! | `lxc`, `lxc_volumes` | LXC endpoints; mount points |
 //! | `faults` | faults armed by tests |
 //!
 //! Plain HTTP only for now; PVE listens on HTTPS port 8006 (TLS is future
 //! work).
 
+mod acl;
+mod auth;
+mod cluster;
 pub mod config;
 mod faults;
+mod guests;
+mod lxc;
+mod lxc_volumes;
 mod multipart;
+mod qemu;
+mod qemu_disks;
 mod server;
 mod state;
 mod storage;
 mod tasks;
-
-mod auth;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use acl::{EndpointPermission, PERMISSIONS};
 pub use config::{SimConfig, StorageConfig, TokenConfig};
 pub use faults::Fault;
+pub use guests::{Guest, GuestKind};
 pub use state::{LoggedRequest, Outcome, TaskState, Volume};
 
 use crate::proxmox::{ApiSchema, SchemaError};
@@ -156,6 +172,16 @@ impl Simulator {
     /// The volumes on a storage, by volid.
     pub fn volumes(&self, storage: &str) -> BTreeMap<String, Volume> {
         self.state().volumes(storage)
+    }
+
+    /// Every guest (VM or container), by VMID.
+    pub fn guests(&self) -> BTreeMap<u32, Guest> {
+        self.state().guests.clone()
+    }
+
+    /// The guest with this VMID, if it exists.
+    pub fn guest(&self, vmid: u32) -> Option<Guest> {
+        self.state().guests.get(&vmid).cloned()
     }
 
     /// Where a volume's bytes are, if it exists.

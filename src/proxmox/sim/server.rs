@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::auth;
 use super::config::SimConfig;
 use super::state::{LoggedRequest, Outcome, State};
-use super::{storage, tasks};
+use super::{cluster, lxc, qemu, storage, tasks};
 use crate::proxmox::ApiSchema;
 
 /// `$limit_max_post` in AnyEvent.pm.
@@ -268,6 +268,7 @@ pub(super) fn run_api(shared: &Shared, entry: Entry) -> Response<Body> {
     }
     let call = Call {
         shared,
+        method: entry.method.clone(),
         template: method.path_template().to_owned(),
         path_params: method.path_parameters().clone(),
         params: entry.params.clone(),
@@ -281,6 +282,8 @@ pub(super) fn run_api(shared: &Shared, entry: Entry) -> Response<Body> {
 /// A validated API call.
 pub(super) struct Call<'a> {
     pub(super) shared: &'a Shared,
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub(super) method: String,
     pub(super) template: String,
     pub(super) path_params: BTreeMap<String, String>,
     pub(super) params: BTreeMap<String, String>,
@@ -311,6 +314,11 @@ fn dispatch(call: &Call<'_>) -> Reply {
             "hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known"
         ));
     }
+    // The schema's `permissions.check` (RPCEnvironment.pm
+    // exec_api2_perm_check), before the handler.
+    if let Err(reply) = call.check_schema_permissions(&call.method) {
+        return reply;
+    }
     match call.template.as_str() {
         "/version" => Reply::Data(json!({
             "version": call.shared.config.version,
@@ -327,7 +335,12 @@ fn dispatch(call: &Call<'_>) -> Reply {
         )),
         "/nodes/{node}/tasks/{upid}/status" => tasks::status(call),
         "/nodes/{node}/tasks/{upid}/log" => tasks::log(call),
-        template => storage::dispatch(call, template).unwrap_or_else(|| {
+        "/nodes/{node}/tasks" => tasks::list(call),
+        template => storage::dispatch(call, template)
+            .or_else(|| qemu::dispatch(call, &call.method, template))
+            .or_else(|| lxc::dispatch(call, &call.method, template))
+            .or_else(|| cluster::dispatch(call, &call.method, template))
+            .unwrap_or_else(|| {
             Reply::Error(
                 StatusCode::NOT_IMPLEMENTED,
                 format!("kiln-pve-sim: '{template}' is in the schema but not simulated"),

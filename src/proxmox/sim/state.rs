@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::config::SimConfig;
 use super::faults::Faults;
+use super::guests::Guest;
 use super::tasks::Upid;
 use crate::proxmox::Violation;
 
@@ -56,6 +57,8 @@ pub struct Volume {
     pub format: String,
     pub size: u64,
     pub ctime: u64,
+    /// The guest that owns it (from its name, `vm-100-disk-0`), if any.
+    pub vmid: Option<u32>,
 }
 
 /// A task's state as the simulator keeps it.
@@ -69,6 +72,14 @@ pub struct TaskState {
     pub log: Vec<String>,
     /// `None` while running; then `"OK"` or the error message.
     pub exit: Option<String>,
+    /// When it ended (seconds since the epoch).
+    pub endtime: Option<u64>,
+}
+
+/// What [`State::snapshot`] keeps.
+pub(super) struct Snapshot {
+    guests: BTreeMap<u32, Guest>,
+    volumes: BTreeMap<String, BTreeMap<String, Volume>>,
 }
 
 pub(super) struct State {
@@ -77,6 +88,9 @@ pub(super) struct State {
     /// storage id → volid → volume
     volumes: BTreeMap<String, BTreeMap<String, Volume>>,
     tasks: BTreeMap<String, TaskState>,
+    /// vmid → guest, QEMU and LXC alike (one VMID namespace, as PVE's
+    /// cluster-wide `vmlist`).
+    pub(super) guests: BTreeMap<u32, Guest>,
     root: PathBuf,
     next_pid: u32,
     pstart: u32,
@@ -101,6 +115,7 @@ impl State {
             faults: Faults::default(),
             volumes,
             tasks: BTreeMap::new(),
+            guests: BTreeMap::new(),
             root: root.to_owned(),
             next_pid: 0x0000_3558,
             pstart: 0x071F_1869,
@@ -134,6 +149,65 @@ impl State {
         self.volumes.get_mut(storage)?.remove(volid)
     }
 
+    /// The volume with this volid, on whichever storage.
+    pub(super) fn volume(&self, volid: &str) -> Option<&Volume> {
+        let (storage, _) = volid.split_once(':')?;
+        self.volumes.get(storage)?.get(volid)
+    }
+
+    /// A volume grows to `size` bytes (its file too, sparsely).
+    pub(super) fn resize_volume(&mut self, volid: &str, size: u64) {
+        let path = self.volume_path(volid);
+        let Some((storage, _)) = volid.split_once(':') else {
+            return;
+        };
+        if let Some(volume) = self.volumes.get_mut(storage).and_then(|v| v.get_mut(volid)) {
+            volume.size = size;
+            // Only a raw image's file is its content; an imported qcow2
+            // keeps its bytes.
+            if volume.format == "raw"
+                && let Some(path) = path
+                && let Ok(file) = std::fs::OpenOptions::new().write(true).open(path)
+            {
+                let _ = file.set_len(size);
+            }
+        }
+    }
+
+    /// Every volid on a storage.
+    pub(super) fn volids(&self, storage: &str) -> Vec<String> {
+        self.volumes
+            .get(storage)
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The guests and volumes, to undo a failed task's changes.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            guests: self.guests.clone(),
+            volumes: self.volumes.clone(),
+        }
+    }
+
+    /// Back to `snapshot`; files of volumes created since are removed.
+    pub(super) fn restore(&mut self, snapshot: Snapshot) {
+        for (storage, volumes) in &self.volumes {
+            for volid in volumes.keys() {
+                let existed = snapshot
+                    .volumes
+                    .get(storage)
+                    .is_some_and(|v| v.contains_key(volid));
+                if !existed && let Some((_, volname)) = volid.split_once(':') {
+                    let path = self.file_for(storage, volname);
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                }
+            }
+        }
+        self.guests = snapshot.guests;
+        self.volumes = snapshot.volumes;
+    }
+
     pub(super) fn tasks(&self) -> BTreeMap<String, TaskState> {
         self.tasks.clone()
     }
@@ -165,6 +239,7 @@ impl State {
                 user: user.to_owned(),
                 log: Vec::new(),
                 exit: None,
+                endtime: None,
             },
         );
         upid
@@ -191,6 +266,7 @@ impl State {
             format!("TASK ERROR: {exit}")
         });
         task.exit = Some(exit.to_owned());
+        task.endtime = Some(now());
         true
     }
 }

@@ -124,7 +124,9 @@ pub(super) fn dispatch(call: &Call<'_>, template: &str) -> Option<Reply> {
         "/nodes/{node}/storage/{storage}/status" => with_storage(call, status),
         "/nodes/{node}/storage/{storage}/content" => with_storage(call, content),
         "/nodes/{node}/storage/{storage}/upload" => with_storage(call, store_upload),
-        "/nodes/{node}/storage/{storage}/content/{volume}" => with_storage(call, delete),
+        "/nodes/{node}/storage/{storage}/content/{volume}" if call.method == "DELETE" => {
+            with_storage(call, delete)
+        }
         _ => return None,
     })
 }
@@ -161,9 +163,16 @@ fn list(call: &Call<'_>) -> Reply {
         .get("content")
         .map(|c| c.split(',').collect())
         .unwrap_or_default();
+    // Status.pm index: only storages the token may see.
     let storages = call.shared.config.storages.iter().filter(|s| {
         wanted.iter().all(|w| s.content.iter().any(|c| c == w))
             && call.params.get("storage").is_none_or(|id| *id == s.id)
+            && call
+                .check_any(
+                    &format!("/storage/{}", s.id),
+                    &["Datastore.Audit", "Datastore.AllocateSpace"],
+                )
+                .is_ok()
     });
     Reply::Data(json!(
         storages.map(|s| storage_json(call, s)).collect::<Vec<_>>()
@@ -181,7 +190,13 @@ fn content(call: &Call<'_>, storage: &super::config::StorageConfig) -> Reply {
         .volumes(&storage.id)
         .into_values()
         .filter(|v| filter.is_none_or(|f| *f == v.content))
-        .map(|v| json!({"volid": v.volid, "format": v.format, "size": v.size, "content": v.content, "ctime": v.ctime}))
+        .map(|v| {
+            let mut item = json!({"volid": v.volid, "format": v.format, "size": v.size, "content": v.content, "ctime": v.ctime});
+            if let (Some(vmid), Some(object)) = (v.vmid, item.as_object_mut()) {
+                object.insert("vmid".into(), json!(vmid));
+            }
+            item
+        })
         .collect();
     Reply::Data(json!(items))
 }
@@ -325,6 +340,7 @@ fn store_upload(call: &Call<'_>, storage: &super::config::StorageConfig) -> Repl
                     format,
                     size: metadata.len(),
                     ctime: now(),
+                    vmid: None,
                 },
             );
             state.finish_task(&upid, "OK");
@@ -370,9 +386,18 @@ fn delete(call: &Call<'_>, storage: &super::config::StorageConfig) -> Reply {
         Some(_) => volume.to_owned(),
         None => format!("{}:{volume}", storage.id),
     };
+    // Content.pm delete: Datastore.Allocate (backups are not simulated).
+    if let Err(reply) = call.check(&format!("/storage/{}", storage.id), &["Datastore.Allocate"]) {
+        return reply;
+    }
+    let owner = super::guests::owner(&volid);
+    let id = match owner {
+        Some(vmid) => format!("{vmid}@{}", storage.id),
+        None => storage.id.clone(),
+    };
     let node = call.path_param("node").to_owned();
     let mut state = call.state();
-    let upid = state.start_task(&node, "imgdel", "", &call.user);
+    let upid = state.start_task(&node, "imgdel", &id, &call.user);
     match state.faults.take_task("imgdel") {
         Some(TaskFault::Hang) => return Reply::Data(json!(upid)),
         Some(TaskFault::Fail(message)) => {

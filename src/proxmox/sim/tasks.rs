@@ -68,7 +68,114 @@ fn lookup(call: &Call<'_>) -> Result<(Upid, super::state::TaskState), Reply> {
         .task(text)
         .cloned()
         .ok_or_else(|| Reply::param_error("upid", "no such task"))?;
+    if !is_own(&task.user, &call.user) {
+        call.check(
+            &format!("/nodes/{}", call.path_param("node")),
+            &["Sys.Audit"],
+        )?;
+    }
     Ok((upid, task))
+}
+
+/// Tasks.pm `$check_task_user`: a token sees its own tasks, a user its
+/// own and its tokens'.
+fn is_own(task_user: &str, caller: &str) -> bool {
+    match task_user.split_once('!') {
+        Some((user, _)) => caller == task_user || caller == user,
+        None => caller == task_user,
+    }
+}
+
+/// `GET /nodes/{node}/tasks` (Tasks.pm `node_tasks`): newest first,
+/// finished tasks (`source=archive`, the default), running ones
+/// (`active`) or both (`all`, running first); a token's own tasks unless
+/// it has Sys.Audit on the node; `total` counts every match.
+pub(super) fn list(call: &Call<'_>) -> Reply {
+    let node = call.path_param("node");
+    let param = |name: &str| call.params.get(name).map(String::as_str);
+    let number = |name: &str| param(name).and_then(|v| v.parse::<u64>().ok());
+    let auditor = call.has(&format!("/nodes/{node}"), &["Sys.Audit"]);
+    let source = param("source").unwrap_or("archive");
+    let errors = param("errors").is_some_and(|v| v == "1");
+    let status_filter: Option<Vec<String>> = if errors {
+        Some(vec!["warning".into(), "error".into(), "unknown".into()])
+    } else {
+        param("statusfilter").map(|f| {
+            f.split([',', ';', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_lowercase)
+                .collect()
+        })
+    };
+    let mut tasks: Vec<(Upid, super::state::TaskState)> = call
+        .state()
+        .tasks()
+        .into_values()
+        .filter(|t| t.node == node)
+        .filter_map(|t| Some((Upid::parse(&t.upid)?, t)))
+        .collect();
+    tasks.sort_by_key(|(upid, _)| std::cmp::Reverse((upid.starttime, upid.pid)));
+    let (running, finished): (Vec<_>, Vec<_>) =
+        tasks.into_iter().partition(|(_, t)| t.exit.is_none());
+    let mut candidates = Vec::new();
+    if source == "active" || source == "all" {
+        candidates.extend(running);
+    }
+    if source != "active" {
+        candidates.extend(finished);
+    }
+    let start = number("start").unwrap_or(0);
+    let limit = number("limit").unwrap_or(50);
+    let mut count = 0;
+    let mut items = Vec::new();
+    for (upid, task) in candidates {
+        let keep = param("userfilter")
+            .is_none_or(|f| task.user.to_lowercase().contains(&f.to_lowercase()))
+            && (auditor || is_own(&task.user, &call.user))
+            && param("typefilter").is_none_or(|f| f == upid.kind)
+            && param("vmid").is_none_or(|v| v == upid.id)
+            && number("since").is_none_or(|s| upid.starttime >= s)
+            && number("until").is_none_or(|u| upid.starttime <= u)
+            && status_filter
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|s| *s == status_type(task.exit.as_deref())));
+        if !keep {
+            continue;
+        }
+        count += 1;
+        if count <= start || items.len() as u64 >= limit {
+            continue;
+        }
+        let (user, token) = match upid.user.split_once('!') {
+            Some((user, token)) => (user.to_owned(), Some(token.to_owned())),
+            None => (upid.user.clone(), None),
+        };
+        let mut item = json!({
+            "upid": task.upid, "node": upid.node, "pid": upid.pid, "pstart": upid.pstart,
+            "starttime": upid.starttime, "type": upid.kind, "id": upid.id, "user": user,
+            "status": task.exit.clone().unwrap_or_else(|| "RUNNING".to_owned()),
+        });
+        if let Some(object) = item.as_object_mut() {
+            if let Some(token) = token {
+                object.insert("tokenid".into(), json!(token));
+            }
+            if let Some(endtime) = task.endtime {
+                object.insert("endtime".into(), json!(endtime));
+            }
+        }
+        items.push(item);
+    }
+    Reply::DataWithTotal(json!(items), count as usize)
+}
+
+/// pve-common `src/PVE/UPID.pm` `normalize_status_type`.
+fn status_type(exit: Option<&str>) -> &'static str {
+    match exit {
+        None | Some("") | Some("unexpected status") => "unknown",
+        Some("OK") => "ok",
+        Some(w) if w.starts_with("WARNINGS: ") => "warning",
+        Some(_) => "error",
+    }
 }
 
 /// `GET /nodes/{node}/tasks/{upid}/status`.
