@@ -153,6 +153,22 @@ fn rootfs_tarball(dir: &Path) -> PathBuf {
     out
 }
 
+fn write_marker(path: &Path, marker: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(marker).unwrap();
+}
+
+fn read_marker(path: &Path, length: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buffer = vec![0; length];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut buffer)
+        .unwrap();
+    buffer
+}
+
 fn ok(output: &Output, what: &str) -> String {
     assert_eq!(
         output.status.code(),
@@ -246,6 +262,12 @@ fn lxc_host_deploys_keeps_its_data_rolls_back_and_never_leaks_the_secret() {
     assert!(guest.config["description"].contains("kiln-generation: 1"));
     let mp0 = guest.config["mp0"].clone();
     assert!(mp0.contains("mp=/var/lib/postgresql"), "{mp0}");
+    // Data written to the mount point's volume must survive new images.
+    let data = cluster
+        .sim
+        .volume_path(mp0.split(',').next().unwrap())
+        .expect("the mount point's volume");
+    write_marker(&data, b"postgres data, generation 1");
     let templates: Vec<String> = cluster.sim.volumes("local").into_keys().collect();
     assert_eq!(templates.len(), 1, "{templates:?}");
     assert!(
@@ -274,6 +296,11 @@ fn lxc_host_deploys_keeps_its_data_rolls_back_and_never_leaks_the_secret() {
     assert_eq!(second.config["net0"], net0, "MAC and address are kept");
     let kept = second.config["mp0"].clone();
     assert!(kept.contains("mp=/var/lib/postgresql"), "{kept}");
+    let moved = cluster
+        .sim
+        .volume_path(kept.split(',').next().unwrap())
+        .expect("the mount point's volume");
+    assert_eq!(read_marker(&moved, 27), b"postgres data, generation 1");
     assert!(second.config["tags"].contains("kiln-g2"));
     assert_eq!(
         cluster.sim.guests().len(),
@@ -313,12 +340,18 @@ fn lxc_host_deploys_keeps_its_data_rolls_back_and_never_leaks_the_secret() {
     let after = cluster.sim.guest(120).unwrap();
     assert!(after.running && after.config["tags"].contains("kiln-g1"));
 
-    // A health check that never passes: rolled back too.
-    drop(health);
+    // A generation whose health check never passes (it checks a port
+    // nothing listens on): rolled back to generation 1, whose check passes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     repo.write(
         "hosts/db.toml",
         &std::fs::read_to_string(repo.root.join("hosts/db.toml"))
             .unwrap()
+            .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{closed}"))
             .replace("health.timeout = 20", "health.timeout = 3"),
     );
     let unhealthy = repo.kiln(&cluster, &["deploy", "db", "--json"]);
@@ -447,6 +480,11 @@ fn vm_host_keeps_identity_and_data_disks_across_generations_and_gc_frees_volumes
         first.config
     );
     let data = first.config["scsi1"].clone();
+    let data_file = cluster
+        .sim
+        .volume_path(data.split(',').next().unwrap())
+        .expect("the data disk's volume");
+    write_marker(&data_file, b"docker volumes");
     let efi = first.config["efidisk0"].clone();
 
     // Generation 2, its disk upload cut off midway: retried and verified.
@@ -460,6 +498,7 @@ fn vm_host_keeps_identity_and_data_disks_across_generations_and_gc_frees_volumes
     assert!(second.running);
     assert_eq!(second.config["net0"], first.config["net0"]);
     assert_eq!(second.config["scsi1"], data, "the data disk is kept");
+    assert_eq!(read_marker(&data_file, 14), b"docker volumes");
     assert_eq!(second.config["efidisk0"], efi, "the EFI vars are kept");
     assert_ne!(second.config["scsi0"], first.config["scsi0"]);
     assert!(second.config["ide2"] != first.config["ide2"]);
