@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{have, notice, text};
-use kiln::proxmox::sim::{Fault, Outcome, SimConfig, Simulator};
+use kiln::proxmox::sim::{Fault, Outcome, Simulator};
 
 const SECRET_VAR: &str = "KILN_PROXMOX_SECRET";
 
-/// The simulator on its own runtime (kiln runs as a child process).
+/// The simulator on its own runtime (kiln runs as a child process), with
+/// a token limited to docs/src/proxmox-token.md's role.
 struct Cluster {
     runtime: tokio::runtime::Runtime,
     sim: Simulator,
@@ -29,9 +30,9 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
-        let sim = runtime
-            .block_on(Simulator::start(SimConfig::default()))
-            .unwrap();
+        // The token holds exactly the documented least-privilege role.
+        let config = common::limited(&common::documented_role());
+        let sim = runtime.block_on(Simulator::start(config)).unwrap();
         Cluster { runtime, sim }
     }
 

@@ -99,3 +99,40 @@ pub(crate) fn ok(output: Output, what: &str) -> Output {
     );
     output
 }
+
+/// The privileges of the `KilnDeploy` role, read from the `pveum role add`
+/// line of docs/src/proxmox-token.md (so the docs are what is tested).
+pub(crate) fn documented_role() -> Vec<String> {
+    let docs = std::fs::read_to_string(root().join("docs/src/proxmox-token.md")).unwrap();
+    let line = docs
+        .lines()
+        .find(|l| l.starts_with("pveum role add KilnDeploy"))
+        .expect("the role line");
+    let privs = line.split('"').nth(1).expect("quoted privileges");
+    privs
+        .split([' ', ','])
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ACL paths docs/src/proxmox-token.md grants the role on.
+pub(crate) const ROLE_ACL_PATHS: &[&str] = &["/vms", "/storage", "/sdn/zones/localnetwork/vmbr0"];
+
+/// A simulator whose only token holds exactly `privileges` on the
+/// documented paths.
+pub(crate) fn limited(privileges: &[String]) -> kiln::proxmox::sim::SimConfig {
+    use kiln::proxmox::sim::{SimConfig, TokenConfig};
+    let map = ROLE_ACL_PATHS
+        .iter()
+        .map(|p| ((*p).to_owned(), privileges.to_vec()))
+        .collect();
+    SimConfig {
+        tokens: vec![TokenConfig {
+            id: "kiln@pve!deploy".into(),
+            secret: "5e1f0c2a-0000-4000-8000-000000000001".into(),
+            privileges: Some(map),
+        }],
+        ..SimConfig::default()
+    }
+}
