@@ -225,30 +225,9 @@ pub fn history_from_description(text: &str) -> Vec<(u32, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{GuestKind, Outcome, RECORD_VERSION};
 
     fn generation(number: u32) -> Generation {
-        Generation {
-            version: RECORD_VERSION,
-            host: "db".to_owned(),
-            number,
-            kind: GuestKind::Lxc,
-            store_path: format!("/s/{number:0>32}-db-lxc"),
-            derivation: "d".to_owned(),
-            overlay: None,
-            config: serde_json::Value::Null,
-            node: "pve1".to_owned(),
-            vmid: 120,
-            volumes: BTreeMap::new(),
-            guest: BTreeMap::new(),
-            resize: None,
-            health: crate::eval::spec::Health::default(),
-            endpoint: String::new(),
-            created: "2026-11-22T10:00:00Z".to_owned(),
-            revision: Some("abc".to_owned()),
-            outcome: Outcome::Succeeded,
-            events: Vec::new(),
-        }
+        Generation::example("db", number)
     }
 
     #[test]

@@ -988,43 +988,28 @@ fn artifacts(g: &Generation, image: &Path) -> Result<Vec<Artifact>, DeployError>
         }
     };
     let stem = format!("kiln-{}-{}", g.host, g.store_hash());
+    // (role, manifest entry, Proxmox content type = volume directory, name suffix)
+    let wanted: &[(&'static str, &str, &'static str, Option<&str>)] = match g.kind {
+        GuestKind::Lxc => &[("template", "template", "vztmpl", None)],
+        GuestKind::Vm => &[
+            ("disk", "disk", "import", Some(".qcow2")),
+            ("seed", "seed", "iso", Some("-seed.iso")),
+        ],
+    };
     let mut out = Vec::new();
-    match g.kind {
-        GuestKind::Lxc => {
-            let (name, sha256, size) = entry("template")?;
-            let suffix = name.find(".tar").map_or(".tar.zst", |i| &name[i..]);
-            out.push(Artifact {
-                role: "template",
-                content: "vztmpl",
-                dir: "vztmpl",
-                name: format!("{stem}{suffix}"),
-                file: image.join(&name),
-                sha256,
-                size,
-            });
-        }
-        GuestKind::Vm => {
-            let (name, sha256, size) = entry("disk")?;
-            out.push(Artifact {
-                role: "disk",
-                content: "import",
-                dir: "import",
-                name: format!("{stem}.qcow2"),
-                file: image.join(&name),
-                sha256,
-                size,
-            });
-            let (name, sha256, size) = entry("seed")?;
-            out.push(Artifact {
-                role: "seed",
-                content: "iso",
-                dir: "iso",
-                name: format!("{stem}-seed.iso"),
-                file: image.join(&name),
-                sha256,
-                size,
-            });
-        }
+    for (role, key, content, suffix) in wanted {
+        let (name, sha256, size) = entry(key)?;
+        // A template keeps its compression suffix (`.tar.zst`).
+        let suffix = suffix.unwrap_or_else(|| name.find(".tar").map_or(".tar.zst", |i| &name[i..]));
+        out.push(Artifact {
+            role,
+            content,
+            dir: content,
+            name: format!("{stem}{suffix}"),
+            file: image.join(&name),
+            sha256,
+            size,
+        });
     }
     Ok(out)
 }

@@ -171,29 +171,14 @@ fn flatten(value: &serde_json::Value) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{GuestKind, Outcome, RECORD_VERSION};
 
     fn generation(number: u32, image: &Path, overlay: &Path, cores: u32) -> Generation {
         Generation {
-            version: RECORD_VERSION,
-            host: "db".to_owned(),
-            number,
-            kind: GuestKind::Lxc,
             store_path: image.display().to_string(),
-            derivation: String::new(),
             overlay: Some(overlay.display().to_string()),
             config: serde_json::json!({"proxmox": {"cores": cores}, "packages": ["a"]}),
-            node: "pve1".to_owned(),
-            vmid: 120,
-            volumes: BTreeMap::new(),
             guest: BTreeMap::from([("cores".to_owned(), cores.to_string())]),
-            resize: None,
-            health: crate::eval::spec::Health::default(),
-            endpoint: String::new(),
-            created: String::new(),
-            revision: None,
-            outcome: Outcome::Succeeded,
-            events: Vec::new(),
+            ..Generation::example("db", number)
         }
     }
 

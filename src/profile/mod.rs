@@ -164,6 +164,34 @@ impl Generation {
     }
 }
 
+#[cfg(test)]
+impl Generation {
+    /// A record for tests: generation `number` of LXC host `host`.
+    pub(crate) fn example(host: &str, number: u32) -> Generation {
+        Generation {
+            version: RECORD_VERSION,
+            host: host.to_owned(),
+            number,
+            kind: GuestKind::Lxc,
+            store_path: format!("/s/{number:0>32}-{host}-lxc"),
+            derivation: "drv".to_owned(),
+            overlay: None,
+            config: serde_json::Value::Null,
+            node: "pve1".to_owned(),
+            vmid: 120,
+            volumes: BTreeMap::new(),
+            guest: BTreeMap::new(),
+            resize: None,
+            health: crate::eval::spec::Health::default(),
+            endpoint: "https://pve1:8006".to_owned(),
+            created: "2026-11-22T10:00:00Z".to_owned(),
+            revision: Some("abc".to_owned()),
+            outcome: Outcome::Succeeded,
+            events: Vec::new(),
+        }
+    }
+}
+
 /// The state directory: `$XDG_STATE_HOME/kiln`, else `~/.local/state/kiln`.
 pub fn default_location(xdg_state_home: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
     match (xdg_state_home, home) {
@@ -438,27 +466,7 @@ mod tests {
     use super::*;
 
     fn generation(host: &str, number: u32) -> Generation {
-        Generation {
-            version: RECORD_VERSION,
-            host: host.to_owned(),
-            number,
-            kind: GuestKind::Lxc,
-            store_path: "/s/0123456789abcdfghijklmnpqrsvwxyz-db-lxc".to_owned(),
-            derivation: "drv".to_owned(),
-            overlay: None,
-            config: serde_json::Value::Null,
-            node: "pve1".to_owned(),
-            vmid: 120,
-            volumes: BTreeMap::new(),
-            guest: BTreeMap::new(),
-            resize: None,
-            health: crate::eval::spec::Health::default(),
-            endpoint: "https://pve1:8006".to_owned(),
-            created: rfc3339(0),
-            revision: None,
-            outcome: Outcome::InProgress,
-            events: Vec::new(),
-        }
+        Generation::example(host, number)
     }
 
     #[test]
@@ -482,10 +490,7 @@ mod tests {
         assert_eq!(profile.next_number().unwrap(), 11);
         profile.set_current(2).unwrap();
         assert_eq!(profile.current().unwrap(), Some(2));
-        assert_eq!(
-            profile.get(2).unwrap().store_hash(),
-            "0123456789abcdfghijklmnpqrsvwxyz"
-        );
+        assert_eq!(profile.get(2).unwrap().store_hash(), format!("{:0>32}", 2));
         let missing = profile.get(3).unwrap_err().to_string();
         assert!(
             missing.contains("no generation 3 (it has 1, 2, 10)"),
