@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln::proxmox::sim::{Fault, GuestKind, SimConfig, Simulator, TokenConfig};
+use kiln::proxmox::sim::{Fault, GuestKind, Outcome, SimConfig, Simulator, TokenConfig};
 use regex::Regex;
 use serde_json::{Value, json};
 
@@ -792,7 +792,7 @@ async fn deploy(pve: &Pve) -> Result<(), String> {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
     let role = documented_role();
     assert!(role.len() > 5, "{role:?}");
@@ -800,10 +800,17 @@ async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
     deploy(&pve).await.unwrap();
     assert!(pve.sim.guests().is_empty());
 
-    for missing in &role {
-        let fewer: Vec<String> = role.iter().filter(|p| *p != missing).cloned().collect();
-        let pve = Pve::with(limited(&fewer)).await;
-        let failure = deploy(&pve).await.expect_err(missing);
+    let mut runs = tokio::task::JoinSet::new();
+    for missing in role.clone() {
+        let fewer: Vec<String> = role.iter().filter(|p| **p != missing).cloned().collect();
+        runs.spawn(async move {
+            let pve = Pve::with(limited(&fewer)).await;
+            (missing, deploy(&pve).await)
+        });
+    }
+    while let Some(run) = runs.join_next().await {
+        let (missing, result) = run.unwrap();
+        let failure = result.expect_err(&missing);
         assert!(
             failure.contains("Permission check failed"),
             "without {missing}: {failure}"
@@ -828,4 +835,6 @@ async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
             json!({"data": null, "message": "Permission check failed (/vms/100, VM.PowerMgmt)\n"})
         )
     );
+    let logged = pve.sim.requests().pop().unwrap();
+    assert_eq!((logged.status, logged.outcome), (403, Outcome::Forbidden));
 }

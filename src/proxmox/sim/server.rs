@@ -256,6 +256,22 @@ pub(super) fn run_api(shared: &Shared, entry: Entry) -> Response<Body> {
         entry.log(shared, response.status(), Outcome::NotImplemented);
         return response;
     };
+    let call = Call {
+        shared,
+        method: entry.method.clone(),
+        template: method.path_template().to_owned(),
+        path_params: method.path_parameters().clone(),
+        params: entry.params.clone(),
+        user: entry.token.clone().unwrap_or_default(),
+    };
+    // pve-manager PVE/HTTPServer.pm rest_handler: the schema's
+    // `permissions.check` (RPCEnvironment.pm exec_api2_perm_check) comes
+    // before the node proxy and the handler's parameter validation.
+    if let Err(reply) = call.check_schema_permissions(&call.method) {
+        let response = reply.into_response();
+        entry.log(shared, response.status(), Outcome::Forbidden);
+        return response;
+    }
     let violations = method.validate(&entry.params);
     if !violations.is_empty() {
         let errors = violations
@@ -266,14 +282,6 @@ pub(super) fn run_api(shared: &Shared, entry: Entry) -> Response<Body> {
         entry.log(shared, response.status(), Outcome::Invalid(violations));
         return response;
     }
-    let call = Call {
-        shared,
-        method: entry.method.clone(),
-        template: method.path_template().to_owned(),
-        path_params: method.path_parameters().clone(),
-        params: entry.params.clone(),
-        user: entry.token.clone().unwrap_or_default(),
-    };
     let response = dispatch(&call).into_response();
     entry.log(shared, response.status(), Outcome::Validated);
     response
@@ -313,11 +321,6 @@ fn dispatch(call: &Call<'_>) -> Reply {
         return Reply::error(format!(
             "hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known"
         ));
-    }
-    // The schema's `permissions.check` (RPCEnvironment.pm
-    // exec_api2_perm_check), before the handler.
-    if let Err(reply) = call.check_schema_permissions(&call.method) {
-        return reply;
     }
     match call.template.as_str() {
         "/version" => Reply::Data(json!({

@@ -32,6 +32,10 @@ pub enum Outcome {
     Refused(String),
     /// No such method: 501.
     NotImplemented,
+    /// The token lacks a privilege the method's schema `permissions.check`
+    /// requires: 403, before validation (checks made inside a handler
+    /// answer 403 too but are logged as `Validated`).
+    Forbidden,
     /// The schema refused the parameters: 400.
     Invalid(Vec<Violation>),
     /// The parameters passed validation (the handler may still fail).
