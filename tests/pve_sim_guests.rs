@@ -4,9 +4,9 @@
 //! `KilnDeploy` role can make every call kiln makes, one privilege less
 //! cannot.
 
-use std::collections::BTreeMap;
+mod common;
 
-use kiln::proxmox::sim::{Fault, GuestKind, Outcome, SimConfig, Simulator, TokenConfig};
+use kiln::proxmox::sim::{Fault, GuestKind, Outcome, SimConfig, Simulator};
 use regex::Regex;
 use serde_json::{Value, json};
 
@@ -663,43 +663,6 @@ async fn guest_task_faults_change_nothing() {
     assert_eq!(tasks["total"], 2, "the failed qmstart and vzcreate");
 }
 
-/// `-privs "..."` of the `pveum role add KilnDeploy` line in the docs.
-fn documented_role() -> Vec<String> {
-    let docs = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/src/proxmox-token.md"
-    ))
-    .unwrap();
-    let line = docs
-        .lines()
-        .find(|l| l.starts_with("pveum role add KilnDeploy"))
-        .expect("the role line");
-    let privs = line.split('"').nth(1).expect("quoted privileges");
-    privs
-        .split([' ', ','])
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The ACL paths the docs grant the role on.
-const ACL_PATHS: &[&str] = &["/vms", "/storage", "/sdn/zones/localnetwork/vmbr0"];
-
-fn limited(privileges: &[String]) -> SimConfig {
-    let map: BTreeMap<String, Vec<String>> = ACL_PATHS
-        .iter()
-        .map(|p| ((*p).to_owned(), privileges.to_vec()))
-        .collect();
-    SimConfig {
-        tokens: vec![TokenConfig {
-            id: "kiln@pve!deploy".into(),
-            secret: "5e1f0c2a-0000-4000-8000-000000000001".into(),
-            privileges: Some(map),
-        }],
-        ..SimConfig::default()
-    }
-}
-
 /// Every call `kiln deploy` makes, in order; the first failure.
 async fn deploy(pve: &Pve) -> Result<(), String> {
     let ok = |(status, body): Answer| {
@@ -794,9 +757,9 @@ async fn deploy(pve: &Pve) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
-    let role = documented_role();
+    let role = common::documented_role();
     assert!(role.len() > 5, "{role:?}");
-    let pve = Pve::with(limited(&role)).await;
+    let pve = Pve::with(common::limited(&role)).await;
     deploy(&pve).await.unwrap();
     assert!(pve.sim.guests().is_empty());
 
@@ -804,7 +767,7 @@ async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
     for missing in role.clone() {
         let fewer: Vec<String> = role.iter().filter(|p| **p != missing).cloned().collect();
         runs.spawn(async move {
-            let pve = Pve::with(limited(&fewer)).await;
+            let pve = Pve::with(common::limited(&fewer)).await;
             (missing, deploy(&pve).await)
         });
     }
@@ -823,7 +786,7 @@ async fn the_kiln_deploy_role_suffices_and_every_privilege_in_it_is_needed() {
         .filter(|p| *p != "VM.PowerMgmt")
         .cloned()
         .collect();
-    let pve = Pve::with(limited(&fewer)).await;
+    let pve = Pve::with(common::limited(&fewer)).await;
     pve.task(pve.post("/nodes/pve1/qemu", &[("vmid", "100")]).await)
         .await
         .unwrap();
