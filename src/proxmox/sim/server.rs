@@ -195,6 +195,20 @@ async fn handle(shared: &Shared, kill: &Notify, request: Request<Body>) -> Respo
         } else {
             format!("Unknown transfer encoding '{encoding}'")
         };
+        // Read (a bounded amount of) the body before answering: answering
+        // while the client still sends makes hyper close the connection,
+        // and the client sees a reset instead of the 501.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut body = body;
+            let mut read = 0usize;
+            while read < (1 << 20) {
+                match body.frame().await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+        })
+        .await;
         let response = plain_error(StatusCode::NOT_IMPLEMENTED, &message);
         entry.log(shared, response.status(), Outcome::Refused(message));
         return response;
