@@ -321,6 +321,12 @@ fn lxc_host_deploys_keeps_its_data_rolls_back_and_never_leaks_the_secret() {
     let back = cluster.sim.guest(120).unwrap();
     assert!(back.config["tags"].contains("kiln-g1"), "{:?}", back.config);
     assert!(back.running);
+    let status = repo.kiln(&cluster, &["status", "db", "--json"]);
+    outputs += &ok(&status, "status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["hosts"][0]["state"], "out of date", "{status}");
+    assert_eq!(status["hosts"][0]["guest"]["generation"], 1, "{status}");
+    assert_eq!(status["hosts"][0]["guest"]["running"], true, "{status}");
 
     // A failing start: generation 3 fails and the host goes back to 1.
     repo.write(

@@ -656,6 +656,8 @@ pub(super) fn status(
     };
     let profiles = profiles();
     let mut rows = Vec::new();
+    let runtime = runtime()?;
+    let quiet = |_: Progress| {};
     for name in &names {
         let Some((_, hash)) = plan.roots.iter().find(|(t, _)| t == name) else {
             continue;
@@ -671,7 +673,23 @@ pub(super) fn status(
             Some(g) if g.store_path == wanted => "up to date",
             Some(_) => "out of date",
         };
+        // What Proxmox runs, when the host's endpoint can be reached.
+        let guest = match host_spec(evaluator, name, printer) {
+            Some(spec) => match (
+                node_and_vmid(&spec),
+                deployer(&spec, &evaluator.repo.root, true, &quiet),
+            ) {
+                (Ok((_, vmid)), Ok(deployer)) => match runtime.block_on(deployer.observe(vmid)) {
+                    Ok(Some(observed)) => serde_json::json!(observed),
+                    Ok(None) => serde_json::json!("missing"),
+                    Err(e) => serde_json::json!({"unknown": deploy::error_chain(&e)}),
+                },
+                (Err(e), _) | (_, Err(e)) => serde_json::json!({"unknown": e}),
+            },
+            None => serde_json::Value::Null,
+        };
         rows.push(serde_json::json!({
+            "guest": guest,
             "host": name,
             "generation": current.as_ref().map(|g| g.number),
             "deployed": current.as_ref().map(|g| g.store_path.clone()),
@@ -692,8 +710,22 @@ pub(super) fn status(
                     n.to_string_lossy().chars().take(12).collect()
                 })
         };
+        let guest = &row["guest"];
+        let runs = if guest == "missing" {
+            "guest missing".to_owned()
+        } else if let Some(running) = guest["running"].as_bool() {
+            format!(
+                "guest {} g{}",
+                if running { "running" } else { "stopped" },
+                guest["generation"]
+                    .as_u64()
+                    .map_or("?".to_owned(), |n| n.to_string())
+            )
+        } else {
+            "guest not checked".to_owned()
+        };
         printer.line(&format!(
-            "{:<16} {:<13} deployed: {} {:<12}  repo: {}{}",
+            "{:<16} {:<13} {runs:<20} deployed: {} {:<12}  repo: {}{}",
             row["host"].as_str().unwrap_or_default(),
             row["state"].as_str().unwrap_or_default(),
             row["generation"]

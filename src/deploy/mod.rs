@@ -132,6 +132,15 @@ pub struct Deployer<'a> {
     pub progress: &'a (dyn Fn(Progress) + Send + Sync),
 }
 
+/// A guest as `kiln status` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Observed {
+    pub running: bool,
+    pub node: String,
+    /// The generation in its `kiln-gN` tag.
+    pub generation: Option<u32>,
+}
+
 /// A guest as `/cluster/resources` lists it.
 #[derive(Clone, Debug)]
 struct Found {
@@ -257,6 +266,19 @@ impl Deployer<'_> {
             );
         }
         Ok((guests, parking))
+    }
+
+    /// What Proxmox says about guest `vmid`: whether it runs and which
+    /// kiln generation its tags name; `None` if there is no such guest.
+    pub async fn observe(&self, vmid: u32) -> Result<Option<Observed>, ApiError> {
+        Ok(self.find(vmid).await?.map(|found| Observed {
+            running: found.running,
+            node: found.node,
+            generation: found
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix("kiln-g").and_then(|n| n.parse().ok())),
+        }))
     }
 
     /// The parking container holding `vmid`'s volumes, if one exists.
