@@ -1,7 +1,9 @@
 //! `kiln-pve-sim`: run the Proxmox VE API simulator by hand.
 //!
-//! `kiln-pve-sim [--config sim.toml] [--listen 127.0.0.1:8006]` prints the
-//! API URL and the `Authorization` header, then serves until interrupted.
+//! `kiln-pve-sim [--config sim.toml] [--listen 127.0.0.1:8006] [--tls
+//! [--certificate-out FILE]]` prints the API URL and the `Authorization`
+//! header (and with `--tls` the certificate's fingerprint), one `key: value`
+//! line each, then serves until interrupted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,14 @@ struct Args {
     /// Address to listen on (overrides the file); port 0 picks one.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with a self-signed certificate made at start (as if
+    /// `tls = true` were in the file).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: write the certificate (PEM) here, for a client to
+    /// trust as its CA file.
+    #[arg(long, requires = "tls")]
+    certificate_out: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -38,11 +48,18 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    config.tls |= args.tls;
     let simulator = Simulator::start(config).await?;
+    if let (Some(path), Some(pem)) = (&args.certificate_out, simulator.certificate_pem()) {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
     #[expect(clippy::print_stdout, reason = "the binary's output")]
     {
         println!("url: {}", simulator.url());
         println!("authorization: {}", simulator.authorization());
+        if let Some(fingerprint) = simulator.fingerprint() {
+            println!("fingerprint: {fingerprint}");
+        }
     }
     tokio::signal::ctrl_c()
         .await

@@ -40,12 +40,44 @@ pub enum ApiError {
         status: u16,
         message: String,
     },
-    #[error("{method} {path}: {source}")]
+    /// No answer: the connection failed or was lost. `detail` is the
+    /// whole chain of causes (reqwest's own message alone says little).
+    #[error("{method} {path}: {detail}")]
     Transport {
         method: String,
         path: String,
+        detail: String,
         #[source]
         source: reqwest::Error,
+    },
+    /// The TLS handshake failed: most often the node's certificate is not
+    /// the one kiln was told to trust.
+    #[error("{method} {path}: TLS with the node failed: {detail}\n  hint: {hint}")]
+    Tls {
+        method: String,
+        path: String,
+        detail: String,
+        hint: String,
+    },
+    /// A request failed in a way worth retrying on every attempt.
+    #[error("{last}\n  gave up after {attempts} attempts over {:.1} s", elapsed.as_secs_f64())]
+    GaveUp {
+        attempts: u32,
+        elapsed: std::time::Duration,
+        #[source]
+        last: Box<ApiError>,
+    },
+    /// An upload's task succeeded but the storage does not list the volume
+    /// with the file's size.
+    #[error(
+        "{volid} is not on storage {storage} of node {node} with {size} bytes after its upload task succeeded (listed: {listed})"
+    )]
+    NotListed {
+        node: String,
+        storage: String,
+        volid: String,
+        size: u64,
+        listed: String,
     },
     #[error("{method} {path}: unexpected answer: {reason}")]
     Decode {

@@ -1,6 +1,8 @@
 //! A thin async client for the Proxmox VE API: token auth, verified TLS
 //! (system roots, a CA file, or a pinned fingerprint), Proxmox's error
-//! shapes as [`ApiError`]s, task polling, and streamed uploads.
+//! shapes as [`ApiError`]s, retries where they cannot apply a change twice
+//! (`retry`), task polling, and streamed, resumable-by-restart uploads
+//! (`upload`).
 //!
 //! Parameters are sent as Proxmox's own forms are: form-encoded bodies for
 //! POST and PUT, the query string for GET and DELETE, booleans as `1`/`0`
@@ -8,15 +10,19 @@
 
 mod auth;
 mod error;
+mod retry;
 mod tls;
 mod upid;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use auth::{Token, Trust, fingerprint_of};
 pub use error::ApiError;
+pub use retry::{ClientEvent, RetryPolicy};
 pub use upid::{Upid, status_is_ok};
+pub use upload::{Upload, UploadProgress};
 
 const USER_AGENT: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
 
@@ -37,7 +43,16 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Token,
+    trust: Trust,
     timeout: Duration,
+    retry: RetryPolicy,
+    events: retry::Events,
+}
+
+/// One failed attempt, and why it is worth another if it is.
+struct Failed {
+    error: ApiError,
+    retry: Option<String>,
 }
 
 /// A task's state from `GET /nodes/{node}/tasks/{upid}/status`.
@@ -81,8 +96,28 @@ impl Client {
             http,
             base: format!("{url}/api2/json"),
             token: endpoint.token.clone(),
+            trust: endpoint.trust.clone(),
             timeout: endpoint.timeout,
+            retry: RetryPolicy::default(),
+            events: retry::Events::default(),
         })
+    }
+
+    /// Retry with `policy` instead of [`RetryPolicy::default`].
+    #[must_use]
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
+        self.retry = policy;
+        self
+    }
+
+    /// Report retries and other events to `receiver`.
+    #[must_use]
+    pub fn with_events(
+        mut self,
+        receiver: impl Fn(&ClientEvent) + Send + Sync + 'static,
+    ) -> Client {
+        self.events = retry::Events::new(receiver);
+        self
     }
 
     pub async fn get(
@@ -90,8 +125,9 @@ impl Client {
         path: &str,
         params: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ApiError> {
-        let request = self.http.get(self.url(path)).query(params);
-        self.send("GET", path, request).await
+        let url = self.url(path);
+        self.send("GET", path, || self.http.get(&url).query(params))
+            .await
     }
 
     pub async fn post(
@@ -99,8 +135,9 @@ impl Client {
         path: &str,
         params: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ApiError> {
-        let request = self.http.post(self.url(path)).form(params);
-        self.send("POST", path, request).await
+        let url = self.url(path);
+        self.send("POST", path, || self.http.post(&url).form(params))
+            .await
     }
 
     pub async fn put(
@@ -108,8 +145,9 @@ impl Client {
         path: &str,
         params: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ApiError> {
-        let request = self.http.put(self.url(path)).form(params);
-        self.send("PUT", path, request).await
+        let url = self.url(path);
+        self.send("PUT", path, || self.http.put(&url).form(params))
+            .await
     }
 
     pub async fn delete(
@@ -117,8 +155,9 @@ impl Client {
         path: &str,
         params: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ApiError> {
-        let request = self.http.delete(self.url(path)).query(params);
-        self.send("DELETE", path, request).await
+        let url = self.url(path);
+        self.send("DELETE", path, || self.http.delete(&url).query(params))
+            .await
     }
 
     /// A task's state.
@@ -194,113 +233,173 @@ impl Client {
         }
     }
 
-    /// Upload a file to `storage` on `node` as `content` (`vztmpl`, `iso`
-    /// or `import`) named `name`, streamed with its length known (Proxmox
-    /// does not take chunked uploads) and with its sha256, which the node
-    /// checks in the upload task. The fields go in the order pveproxy's
-    /// parser reads them (content, checksum-algorithm, checksum, then the
-    /// file; pve-http-server `AnyEvent.pm` `file_upload_multipart`), and
-    /// are repeated in the query string, which it also reads. Returns the
-    /// upload task's id.
-    pub async fn upload(
-        &self,
-        node: &str,
-        storage: &str,
-        content: &str,
-        name: &str,
-        file: &std::path::Path,
-        sha256: &str,
-    ) -> Result<Upid, ApiError> {
-        let path = format!("/nodes/{node}/storage/{storage}/upload");
-        let opened = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| ApiError::Config(format!("{}: {e}", file.display())))?;
-        let length = opened
-            .metadata()
-            .await
-            .map_err(|e| ApiError::Config(format!("{}: {e}", file.display())))?
-            .len();
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-            opened,
-            1 << 20,
-        ));
-        let part = reqwest::multipart::Part::stream_with_length(body, length)
-            .file_name(name.to_owned())
-            .mime_str("application/octet-stream")
-            .map_err(|e| ApiError::Config(e.to_string()))?;
-        let form = reqwest::multipart::Form::new()
-            .text("content", content.to_owned())
-            .text("checksum-algorithm", "sha256")
-            .text("checksum", sha256.to_owned())
-            .part("filename", part);
-        let query = [
-            ("content", content),
-            ("checksum-algorithm", "sha256"),
-            ("checksum", sha256),
-        ];
-        let request = self
-            .http
-            .post(self.url(&path))
-            .query(&query)
-            .multipart(form)
-            // An upload takes as long as it takes; the connect timeout and
-            // the task's own checks bound it.
-            .timeout(Duration::from_secs(24 * 3600));
-        let data = self.send_with("POST", &path, request, false).await?;
-        upid_of("POST", &path, &data)
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// Send a request built by `build`, again as [`retry`] allows.
     async fn send(
         &self,
         method: &str,
         path: &str,
-        request: reqwest::RequestBuilder,
+        build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<serde_json::Value, ApiError> {
-        self.send_with(method, path, request, true).await
+        // Only a GET is sent again after the connection was lost mid-way.
+        let may_resend = method == "GET";
+        self.with_retries(method, path, |_| {
+            let request = build().timeout(self.timeout);
+            self.exchange(method, path, request, may_resend, None)
+        })
+        .await
     }
 
-    async fn send_with(
+    /// Run `attempt` (given its number, from 1) until it succeeds, fails
+    /// for good, or the policy's attempts are used up.
+    async fn with_retries<T, F>(
+        &self,
+        method: &str,
+        path: &str,
+        mut attempt: impl FnMut(u32) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<T, Failed>>,
+    {
+        let started = Instant::now();
+        let attempts = self.retry.attempts.max(1);
+        let mut number = 1;
+        loop {
+            let failed = match attempt(number).await {
+                Ok(value) => return Ok(value),
+                Err(failed) => failed,
+            };
+            match failed.retry {
+                Some(reason) if number < attempts => {
+                    let delay = self.retry.delay(number);
+                    self.events.emit(&ClientEvent::Retrying {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        attempt: number,
+                        attempts,
+                        delay,
+                        reason,
+                    });
+                    tokio::time::sleep(delay).await;
+                    number += 1;
+                }
+                Some(_) if attempts > 1 => {
+                    return Err(ApiError::GaveUp {
+                        attempts,
+                        elapsed: started.elapsed(),
+                        last: Box::new(failed.error),
+                    });
+                }
+                _ => return Err(failed.error),
+            }
+        }
+    }
+
+    /// One attempt: send, read the answer, turn a failure into an error
+    /// and say whether it is worth another attempt. `may_resend`: whether
+    /// the request may be sent again after the connection was lost once it
+    /// was (partly) sent. `tick`, if any, is called every 250 ms until the
+    /// answer comes (an upload reports its progress with it).
+    async fn exchange(
         &self,
         method: &str,
         path: &str,
         request: reqwest::RequestBuilder,
-        timeout: bool,
-    ) -> Result<serde_json::Value, ApiError> {
-        let mut request = request.header(reqwest::header::AUTHORIZATION, self.token.header());
-        if timeout {
-            request = request.timeout(self.timeout);
-        }
-        let transport = |source: reqwest::Error| ApiError::Transport {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            // Never the URL with its query (it could carry parameters a
-            // user considers private); reqwest errors do not include headers.
-            source: source.without_url(),
+        may_resend: bool,
+        tick: Option<&(dyn Fn() + Send + Sync)>,
+    ) -> Result<serde_json::Value, Failed> {
+        let request = request.header(reqwest::header::AUTHORIZATION, self.token.header());
+        let sending = request.send();
+        tokio::pin!(sending);
+        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let response = loop {
+            tokio::select! {
+                response = &mut sending => break response,
+                _ = ticks.tick(), if tick.is_some() => {
+                    if let Some(tick) = tick {
+                        tick();
+                    }
+                }
+            }
         };
-        let response = request.send().await.map_err(transport)?;
+        let lost = |error: reqwest::Error| self.lost(method, path, error, may_resend);
+        let response = response.map_err(lost)?;
         let status = response.status();
         let reason = status.canonical_reason().unwrap_or("").to_owned();
-        let body = response.bytes().await.map_err(transport)?;
+        let body = response.bytes().await.map_err(lost)?;
         if !status.is_success() {
-            return Err(error::from_response(
-                method,
-                path,
-                status.as_u16(),
-                &reason,
-                &body,
-            ));
+            return Err(Failed {
+                error: error::from_response(method, path, status.as_u16(), &reason, &body),
+                retry: retry::status_is_transient(status.as_u16()).then(|| {
+                    format!("{} {reason}", status.as_u16())
+                        .trim_end()
+                        .to_owned()
+                }),
+            });
         }
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+        let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Failed {
+            error: ApiError::Decode {
                 method: method.to_owned(),
                 path: path.to_owned(),
                 reason: e.to_string(),
-            })?;
+            },
+            retry: None,
+        })?;
         Ok(json.get("data").cloned().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The error for a request that got no answer, and whether to retry.
+    fn lost(&self, method: &str, path: &str, error: reqwest::Error, may_resend: bool) -> Failed {
+        let (method, path) = (method.to_owned(), path.to_owned());
+        if let Some(detail) = retry::tls_failure(&error) {
+            return Failed {
+                error: ApiError::Tls {
+                    method,
+                    path,
+                    detail,
+                    hint: self.trust_hint(),
+                },
+                retry: None,
+            };
+        }
+        let retry = match retry::lost_connection(&error) {
+            retry::Lost::BeforeSending(reason) => Some(reason),
+            retry::Lost::AfterSending(reason) if may_resend => Some(reason),
+            retry::Lost::AfterSending(_) | retry::Lost::Other => None,
+        };
+        // Never the URL with its query (it could carry parameters a user
+        // considers private); reqwest errors do not include headers.
+        let source = error.without_url();
+        Failed {
+            error: ApiError::Transport {
+                method,
+                path,
+                detail: retry::chain(&source),
+                source,
+            },
+            retry,
+        }
+    }
+
+    fn trust_hint(&self) -> String {
+        match &self.trust {
+            Trust::System => "the node's certificate is not signed by a CA this system trusts: \
+                 pin its fingerprint (`pvenode cert info` on the node) or give the cluster's CA \
+                 file (/etc/pve/pve-root-ca.pem)"
+                .to_owned(),
+            Trust::CaFile(path) => format!(
+                "the node's certificate is not signed by the CA in {}, or does not name the host \
+                 in the URL",
+                path.display()
+            ),
+            Trust::Fingerprint(_) => "if the node's certificate was renewed, check the new \
+                 fingerprint on the node (`pvenode cert info`) and pin that one"
+                .to_owned(),
+        }
     }
 }
 

@@ -9,8 +9,36 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, SignatureScheme};
 use sha2::{Digest, Sha256};
+
+/// The node presented another certificate than the pinned one. Both
+/// fingerprints are public (any client sees the certificate).
+#[derive(Debug)]
+struct FingerprintMismatch {
+    expected: String,
+    presented: String,
+}
+
+impl std::fmt::Display for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the node presented a certificate with SHA-256 fingerprint {}, but the pinned fingerprint is {}",
+            self.presented, self.expected
+        )
+    }
+}
+
+impl std::error::Error for FingerprintMismatch {}
+
+fn hex(fingerprint: &[u8; 32]) -> String {
+    fingerprint
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
 
 #[derive(Debug)]
 struct Pinned {
@@ -31,9 +59,12 @@ impl ServerCertVerifier for Pinned {
         if actual == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(Error::General(format!(
-                "the node's certificate has fingerprint {}, not the pinned one",
-                super::auth::fingerprint_of(end_entity.as_ref())
+            let mismatch = FingerprintMismatch {
+                expected: hex(&self.fingerprint),
+                presented: hex(&actual),
+            };
+            Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(mismatch)),
             )))
         }
     }

@@ -25,6 +25,9 @@ pub struct SimConfig {
     /// The pve-manager version `/version` reports.
     #[serde(default = "default_version")]
     pub version: String,
+    /// Serve HTTPS with a self-signed certificate made at start.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// One storage, as in `/etc/pve/storage.cfg`.
@@ -124,6 +127,7 @@ impl Default for SimConfig {
             storages: default_storages(),
             tokens: default_tokens(),
             version: default_version(),
+            tls: false,
         }
     }
 }

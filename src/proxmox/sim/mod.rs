@@ -26,9 +26,10 @@
 //! | `qemu`, `qemu_disks` | QEMU endpoints; drives and NICs |
 //! | `lxc`, `lxc_volumes` | LXC endpoints; mount points |
 //! | `faults` | faults armed by tests |
+//! | `tls` | HTTPS with a self-signed certificate (`SimConfig::tls`) |
 //!
-//! Plain HTTP only for now; PVE listens on HTTPS port 8006 (TLS is future
-//! work).
+//! Plain HTTP by default; with `tls` it serves HTTPS as PVE does on port
+//! 8006, with a certificate made at start.
 
 mod acl;
 mod auth;
@@ -45,6 +46,7 @@ mod server;
 mod state;
 mod storage;
 mod tasks;
+mod tls;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -76,6 +78,8 @@ pub enum SimError {
     },
     #[error("invalid simulator configuration: {0}")]
     Config(String),
+    #[error("cannot make the simulator's TLS certificate: {0}")]
+    Tls(String),
 }
 
 /// PVE 9.1's schema, every method, parameters only (see
@@ -100,6 +104,7 @@ pub struct Simulator {
     address: SocketAddr,
     shared: Arc<server::Shared>,
     accept: tokio::task::JoinHandle<()>,
+    certificate: Option<tls::Certificate>,
     _root: tempfile::TempDir,
 }
 
@@ -124,6 +129,12 @@ impl Simulator {
             address: config.listen,
             source,
         })?;
+        let (certificate, acceptor) = if config.tls {
+            let (certificate, acceptor) = tls::self_signed(address)?;
+            (Some(certificate), Some(acceptor))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(server::Shared {
             schema,
             config,
@@ -131,18 +142,37 @@ impl Simulator {
             state: Mutex::new(state),
         });
         std::fs::create_dir_all(&shared.upload_dir).map_err(SimError::TempDir)?;
-        let accept = tokio::spawn(server::accept_loop(listener, shared.clone()));
+        let accept = tokio::spawn(server::accept_loop(listener, shared.clone(), acceptor));
         Ok(Simulator {
             address,
             shared,
             accept,
+            certificate,
             _root: root,
         })
     }
 
-    /// The API base URL, `http://127.0.0.1:PORT/api2/json`.
+    /// The API base URL, `http://127.0.0.1:PORT/api2/json`, or `https://`
+    /// with [`SimConfig::tls`].
     pub fn url(&self) -> String {
-        format!("http://{}/api2/json", self.address)
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/api2/json", self.address)
+    }
+
+    /// With [`SimConfig::tls`]: the self-signed certificate served, in PEM
+    /// (a client can trust it as its CA file).
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.certificate.as_ref().map(|c| c.pem.as_str())
+    }
+
+    /// With [`SimConfig::tls`]: the SHA-256 fingerprint of the certificate
+    /// served, `AB:CD:…` (upper-case hex, colons) as PVE shows it.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.certificate.as_ref().map(|c| c.fingerprint.as_str())
     }
 
     /// The `Authorization` header value for the first configured token.

@@ -43,30 +43,51 @@ impl Shared {
     }
 }
 
-pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// Accepts connections until aborted; with `tls`, each one does the TLS
+/// handshake first (a failed handshake just closes that connection).
+pub(super) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let kill = Arc::new(Notify::new());
-            let connection_kill = kill.clone();
-            let service = hyper::service::service_fn(move |request: Request<_>| {
-                let shared = shared.clone();
-                let kill = connection_kill.clone();
-                async move {
-                    let request = request.map(Body::new);
-                    Ok::<_, Infallible>(handle(&shared, &kill, request).await)
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_connection(stream, shared).await;
+                    }
                 }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = kill.notified() => {}
+                None => serve_connection(stream, shared).await,
             }
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let kill = Arc::new(Notify::new());
+    let connection_kill = kill.clone();
+    let service = hyper::service::service_fn(move |request: Request<_>| {
+        let shared = shared.clone();
+        let kill = connection_kill.clone();
+        async move {
+            let request = request.map(Body::new);
+            Ok::<_, Infallible>(handle(&shared, &kill, request).await)
+        }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        () = kill.notified() => {}
     }
 }
 
