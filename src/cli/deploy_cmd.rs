@@ -170,11 +170,37 @@ fn revision(repo: &Path) -> Option<String> {
     Some(if dirty { format!("{head}+dirty") } else { head })
 }
 
-/// Progress lines from a deploy, on stderr (or nothing with --quiet).
+/// Progress lines from a deploy, on stderr (or nothing with --quiet): an
+/// upload says how far it is at most every two seconds, with bytes/s.
 fn reporter(printer: &Printer) -> impl Fn(Progress) + Send + Sync + '_ {
+    let last = std::sync::Mutex::new(std::time::Instant::now());
     move |progress| match progress {
         Progress::Step(text) => printer.status(&format!("  {text}")),
-        Progress::Upload { .. } => {}
+        Progress::Upload {
+            name,
+            sent,
+            total,
+            bytes_per_second,
+            attempt,
+        } => {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if sent < total && last.elapsed() < std::time::Duration::from_secs(2) {
+                return;
+            }
+            *last = std::time::Instant::now();
+            printer.status(&format!(
+                "  {name}: {}% ({} of {}, {}/s){}",
+                (sent * 100).checked_div(total).unwrap_or(100),
+                deploy::human_bytes(sent),
+                deploy::human_bytes(total),
+                deploy::human_bytes(bytes_per_second),
+                if attempt > 1 {
+                    format!(", attempt {attempt}")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         Progress::WouldCall {
             method,
             path,
@@ -210,11 +236,20 @@ fn deployer<'a>(
     repo: &Path,
     dry_run: bool,
     progress: &'a (dyn Fn(Progress) + Send + Sync),
+    quiet: bool,
 ) -> Result<Deployer<'a>, String> {
     let api = &spec.config.proxmox.api;
     let endpoint =
         deploy::endpoint::endpoint(&spec.name, api, repo, &env).map_err(|e| e.to_string())?;
-    let client = crate::proxmox::client::Client::new(&endpoint).map_err(|e| e.to_string())?;
+    // Retries are worth a line (the client never puts the secret in one).
+    let client = crate::proxmox::client::Client::new(&endpoint)
+        .map_err(|e| e.to_string())?
+        .with_events(move |event| {
+            if !quiet {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "  {event}");
+            }
+        });
     Ok(Deployer {
         client,
         dry_run,
@@ -290,7 +325,13 @@ pub(super) fn deploy(
             generation.node,
             if args.dry_run { " (dry run)" } else { "" }
         ));
-        let deployer = match deployer(spec, &evaluator.repo.root, args.dry_run, &progress) {
+        let deployer = match deployer(
+            spec,
+            &evaluator.repo.root,
+            args.dry_run,
+            &progress,
+            printer.quiet(),
+        ) {
             Ok(d) => d,
             Err(message) => {
                 printer.fatal(&message);
@@ -416,7 +457,13 @@ pub(super) fn rollback(
         }
     };
     let progress = reporter(printer);
-    let deployer = match deployer(&spec, &evaluator.repo.root, args.dry_run, &progress) {
+    let deployer = match deployer(
+        &spec,
+        &evaluator.repo.root,
+        args.dry_run,
+        &progress,
+        printer.quiet(),
+    ) {
         Ok(d) => d,
         Err(message) => {
             printer.fatal(&message);
@@ -483,7 +530,13 @@ pub(super) fn generations(
             }
         };
         let progress = reporter(printer);
-        let deployer = match deployer(&spec, &evaluator.repo.root, true, &progress) {
+        let deployer = match deployer(
+            &spec,
+            &evaluator.repo.root,
+            true,
+            &progress,
+            printer.quiet(),
+        ) {
             Ok(d) => d,
             Err(message) => {
                 printer.fatal(&message);
@@ -677,7 +730,7 @@ pub(super) fn status(
         let guest = match host_spec(evaluator, name, printer) {
             Some(spec) => match (
                 node_and_vmid(&spec),
-                deployer(&spec, &evaluator.repo.root, true, &quiet),
+                deployer(&spec, &evaluator.repo.root, true, &quiet, printer.quiet()),
             ) {
                 (Ok((_, vmid)), Ok(deployer)) => match runtime.block_on(deployer.observe(vmid)) {
                     Ok(Some(observed)) => serde_json::json!(observed),
@@ -787,7 +840,13 @@ pub(super) fn gc(
             ));
             continue;
         };
-        let deployer = match deployer(&spec, &evaluator.repo.root, args.dry_run, &progress) {
+        let deployer = match deployer(
+            &spec,
+            &evaluator.repo.root,
+            args.dry_run,
+            &progress,
+            printer.quiet(),
+        ) {
             Ok(d) => d,
             Err(message) => {
                 printer.fatal(&message);

@@ -46,6 +46,11 @@ impl Printer {
         }
     }
 
+    /// Whether --quiet was given.
+    pub(super) fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// Whether progress can be drawn live (a terminal, and not --quiet).
     pub(super) fn interactive(&self) -> bool {
         self.terminal && !self.quiet && self.format == MessageFormat::Human

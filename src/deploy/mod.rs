@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::profile::{Event, Generation, GuestKind, HostProfile, Outcome, ProfileError};
-use crate::proxmox::client::{ApiError, Client, Upid};
+use crate::proxmox::client::{ApiError, Client, Upid, Upload, UploadProgress};
 use crate::store::Store;
 use crate::store::path::StorePath;
 
@@ -90,8 +90,15 @@ pub enum DeployError {
 pub enum Progress {
     /// A step, in words.
     Step(String),
-    /// Bytes of an upload sent so far.
-    Upload { name: String, sent: u64, total: u64 },
+    /// Bytes of an upload sent so far (in this attempt: a retry starts
+    /// again from 0).
+    Upload {
+        name: String,
+        sent: u64,
+        total: u64,
+        bytes_per_second: u64,
+        attempt: u32,
+    },
     /// `--dry-run`: a call kiln would make.
     WouldCall {
         method: String,
@@ -327,15 +334,10 @@ impl Deployer<'_> {
         let mut volumes = BTreeMap::new();
         for artifact in artifacts(g, image)? {
             let volid = format!("{storage}:{}/{}", artifact.dir, artifact.name);
-            let listed = self
-                .get(
-                    &format!("/nodes/{}/storage/{storage}/content", g.node),
-                    params([("content", artifact.content)]),
-                )
+            let present = self
+                .client
+                .volume_present(&g.node, storage, artifact.content, &volid, artifact.size)
                 .await?;
-            let present = listed.as_array().into_iter().flatten().any(|v| {
-                v["volid"].as_str() == Some(&volid) && v["size"].as_u64() == Some(artifact.size)
-            });
             if present {
                 self.step(format!("{volid} is already on {storage} (not sent again)"));
             } else if self.dry_run {
@@ -357,24 +359,26 @@ impl Deployer<'_> {
                     g.node
                 ));
                 let started = Instant::now();
-                let upid = self
-                    .client
-                    .upload(
-                        &g.node,
-                        storage,
-                        artifact.content,
-                        &artifact.name,
-                        &artifact.file,
-                        &artifact.sha256,
-                    )
-                    .await?;
-                self.client.wait_task(&upid, self.task_timeout).await?;
+                let upload = Upload {
+                    node: &g.node,
+                    storage,
+                    content: artifact.content,
+                    name: &artifact.name,
+                    file: &artifact.file,
+                    sha256: &artifact.sha256,
+                };
+                let name = artifact.name.clone();
+                let progress = |p: UploadProgress| {
+                    (self.progress)(Progress::Upload {
+                        name: name.clone(),
+                        sent: p.sent,
+                        total: p.total,
+                        bytes_per_second: p.bytes_per_second,
+                        attempt: p.attempt,
+                    });
+                };
+                self.client.upload_verified(&upload, &progress).await?;
                 let seconds = started.elapsed().as_secs_f64().max(0.001);
-                (self.progress)(Progress::Upload {
-                    name: artifact.name.clone(),
-                    sent: artifact.size,
-                    total: artifact.size,
-                });
                 self.step(format!(
                     "uploaded {volid}: {} in {seconds:.1} s ({}/s), sha256 verified by the node",
                     human_bytes(artifact.size),
