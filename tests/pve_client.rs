@@ -11,6 +11,11 @@
 //! appears in no error.
 
 use std::collections::BTreeMap;
+
+/// kiln's allocator, so what `bench_upload_one_file` measures (peak RSS
+/// too) is what kiln does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -565,4 +570,39 @@ async fn tls_with_system_roots_refuses_the_self_signed_certificate() {
     assert!(text.contains("certificate"), "{text}");
     assert!(text.contains("pve-root-ca.pem"), "{text}");
     assert!(!text.contains(&secret), "{text}");
+}
+
+/// One upload as `kiln deploy` makes it, for benches/upload.sh: the file
+/// streamed with its sha256, the task awaited, the listing checked.
+#[test]
+#[ignore = "a benchmark step, run by benches/upload.sh"]
+fn bench_upload_one_file() {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (see benches/upload.sh)"))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = Endpoint {
+        url: var("KILN_BENCH_API"),
+        token: Token::from_env(&var("KILN_BENCH_TOKEN"), "KILN_PROXMOX_SECRET").unwrap(),
+        trust: Trust::System,
+        timeout: Duration::from_secs(60),
+    };
+    let client = Client::new(&endpoint).unwrap();
+    let file = std::path::PathBuf::from(var("KILN_BENCH_FILE"));
+    let (sha256, name) = (var("KILN_BENCH_SHA256"), var("KILN_BENCH_NAME"));
+    let upload = Upload {
+        node: "pve1",
+        storage: "local",
+        content: "vztmpl",
+        name: &name,
+        file: &file,
+        sha256: &sha256,
+    };
+    runtime
+        .block_on(client.upload_verified(&upload, &|_| {}))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
