@@ -231,7 +231,8 @@ fn node_and_vmid(spec: &HostSpec) -> Result<(String, u32), String> {
     }
 }
 
-fn deployer<'a>(
+/// A deployer for `spec`'s Proxmox endpoint, or why there is none.
+fn try_deployer<'a>(
     spec: &HostSpec,
     repo: &Path,
     dry_run: bool,
@@ -256,6 +257,19 @@ fn deployer<'a>(
         task_timeout: deploy::endpoint::task_timeout(api),
         progress,
     })
+}
+
+/// [`try_deployer`], printing why not.
+fn deployer<'a>(
+    spec: &HostSpec,
+    repo: &Path,
+    dry_run: bool,
+    progress: &'a (dyn Fn(Progress) + Send + Sync),
+    printer: &Printer,
+) -> Option<Deployer<'a>> {
+    try_deployer(spec, repo, dry_run, progress, printer.quiet())
+        .map_err(|message| printer.fatal(&message))
+        .ok()
 }
 
 pub(super) fn deploy(
@@ -325,19 +339,10 @@ pub(super) fn deploy(
             generation.node,
             if args.dry_run { " (dry run)" } else { "" }
         ));
-        let deployer = match deployer(
-            spec,
-            &evaluator.repo.root,
-            args.dry_run,
-            &progress,
-            printer.quiet(),
-        ) {
-            Ok(d) => d,
-            Err(message) => {
-                printer.fatal(&message);
-                failed = true;
-                continue;
-            }
+        let Some(deployer) = deployer(spec, &evaluator.repo.root, args.dry_run, &progress, printer)
+        else {
+            failed = true;
+            continue;
         };
         let target = DeployTarget {
             generation,
@@ -457,18 +462,14 @@ pub(super) fn rollback(
         }
     };
     let progress = reporter(printer);
-    let deployer = match deployer(
+    let Some(deployer) = deployer(
         &spec,
         &evaluator.repo.root,
         args.dry_run,
         &progress,
-        printer.quiet(),
-    ) {
-        Ok(d) => d,
-        Err(message) => {
-            printer.fatal(&message);
-            return Ok(ExitCode::from(1));
-        }
+        printer,
+    ) else {
+        return Ok(ExitCode::from(1));
     };
     printer.status(&format!(
         "{}: rolling back to generation {to}{}",
@@ -530,18 +531,8 @@ pub(super) fn generations(
             }
         };
         let progress = reporter(printer);
-        let deployer = match deployer(
-            &spec,
-            &evaluator.repo.root,
-            true,
-            &progress,
-            printer.quiet(),
-        ) {
-            Ok(d) => d,
-            Err(message) => {
-                printer.fatal(&message);
-                return Ok(ExitCode::from(1));
-            }
+        let Some(deployer) = deployer(&spec, &evaluator.repo.root, true, &progress, printer) else {
+            return Ok(ExitCode::from(1));
         };
         let kind = if spec.guest == crate::eval::spec::GuestKind::Vm {
             "qemu"
@@ -730,7 +721,7 @@ pub(super) fn status(
         let guest = match host_spec(evaluator, name, printer) {
             Some(spec) => match (
                 node_and_vmid(&spec),
-                deployer(&spec, &evaluator.repo.root, true, &quiet, printer.quiet()),
+                try_deployer(&spec, &evaluator.repo.root, true, &quiet, printer.quiet()),
             ) {
                 (Ok((_, vmid)), Ok(deployer)) => match runtime.block_on(deployer.observe(vmid)) {
                     Ok(Some(observed)) => serde_json::json!(observed),
@@ -840,19 +831,15 @@ pub(super) fn gc(
             ));
             continue;
         };
-        let deployer = match deployer(
+        let Some(deployer) = deployer(
             &spec,
             &evaluator.repo.root,
             args.dry_run,
             &progress,
-            printer.quiet(),
-        ) {
-            Ok(d) => d,
-            Err(message) => {
-                printer.fatal(&message);
-                failed = true;
-                continue;
-            }
+            printer,
+        ) else {
+            failed = true;
+            continue;
         };
         // Every (node, storage) this host's generations uploaded to.
         let mut places = std::collections::BTreeSet::new();
