@@ -57,12 +57,7 @@ case $server in
     *) echo "unknown server: $server (busybox or python)" >&2; exit 2 ;;
 esac
 
-apt_updated=
-need() { # need COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return
-    [[ -n $apt_updated ]] || { apt-get update -qq >/dev/null; apt_updated=1; }
-    apt-get install -y -qq "$2" >/dev/null
-}
+source "$root/benches/lib.sh"
 need curl curl
 need /usr/bin/time time
 need python3 python3
@@ -72,17 +67,7 @@ need openssl openssl
 cd "$root"
 echo "building (release)…"
 cargo build --release --quiet
-# The test binary's path, from cargo's own report of what it built.
-test_bin=$(cargo test --release --test fetch --no-run --message-format=json 2>/dev/null |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "fetch" \
-            and message.get("executable"):
-        print(message["executable"])
-')
-[[ -x $test_bin ]] || { echo "cannot find the fetch test binary" >&2; exit 1; }
+test_bin=$(release_test_binary fetch)
 
 work=$(mktemp -d)
 server_pid=

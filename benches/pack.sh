@@ -33,29 +33,14 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-apt_updated=
-need() { # need COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return
-    [[ -n $apt_updated ]] || { apt-get update -qq >/dev/null; apt_updated=1; }
-    apt-get install -y -qq "$2" >/dev/null
-}
+source "$root/benches/lib.sh"
 need /usr/bin/time time
 need python3 python3
 need zstd zstd
 
 cd "$root"
 echo "building the test binary (release)…"
-# The test binary's path, from cargo's own report of what it built.
-test_bin=$(cargo test --release --test archive --no-run --message-format=json 2>/dev/null |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "archive" \
-            and message.get("executable"):
-        print(message["executable"])
-')
-[[ -x $test_bin ]] || { echo "cannot find the archive test binary" >&2; exit 1; }
+test_bin=$(release_test_binary archive)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

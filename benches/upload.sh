@@ -32,12 +32,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-apt_updated=
-need() { # need COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return
-    [[ -n $apt_updated ]] || { apt-get update -qq >/dev/null; apt_updated=1; }
-    apt-get install -y -qq "$2" >/dev/null
-}
+source "$root/benches/lib.sh"
 need curl curl
 need /usr/bin/time time
 need python3 python3
@@ -46,16 +41,7 @@ need openssl openssl
 cd "$root"
 echo "building (release)…"
 cargo build --release --quiet --bin kiln-pve-sim
-test_bin=$(cargo test --release --test pve_client --no-run --message-format=json 2>/dev/null |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "pve_client" \
-            and message.get("executable"):
-        print(message["executable"])
-')
-[[ -x $test_bin ]] || { echo "cannot find the pve_client test binary" >&2; exit 1; }
+test_bin=$(release_test_binary pve_client)
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 work=$(mktemp -d)
