@@ -85,3 +85,6 @@ pub fn build(
         spans: provenance.spans,
     }
 }
+
+#[cfg(test)]
+mod tests;
