@@ -355,3 +355,33 @@ fn pin_needs_every_image_in_the_lock() {
     assert!(rendered.contains("--> stacks/edge.toml:"), "{rendered}");
     assert!(rendered.contains("run `kiln lock`"), "{rendered}");
 }
+
+/// docs/src/stacks.md names every field of the stack schema.
+#[test]
+fn every_stack_field_is_documented() {
+    let docs = std::fs::read_to_string(root().join("docs/src/stacks.md")).unwrap();
+    let schema: toml::Table = toml::from_str(kiln::stack::SCHEMA).unwrap();
+    let mut missing = Vec::new();
+    let mut pending = vec![schema["options"]["services"].clone()];
+    while let Some(decl) = pending.pop() {
+        let Some(fields) = decl.get("fields").and_then(|f| f.as_table()) else {
+            continue;
+        };
+        for (name, field) in fields {
+            // `name`, `name.KEY`, or a field listed in `{ a, name, b }`.
+            let written = [
+                format!("`{name}"),
+                format!(" {name},"),
+                format!(" {name} }}"),
+            ];
+            if !written.iter().any(|w| docs.contains(w.as_str())) {
+                missing.push(name.clone());
+            }
+            pending.push(field.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "undocumented in docs/src/stacks.md: {missing:?}"
+    );
+}
