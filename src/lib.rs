@@ -24,6 +24,7 @@
 //! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`, `lxc`, `vm` with its `seed`; `source` is built in) |
 //! | [`archive`] | reproducible `.tar.zst` packing of a root filesystem, safe unpacking of rootfs tarballs |
 //! | [`proxmox`] | Proxmox VE's published API schema, and checking request parameters against it |
+//! | [`stack`] | the typed service model of stacks, its defaults with provenance, the secret lint, pinning images from the lock |
 //! | [`yaml`] | the one way kiln writes YAML (quoting what YAML 1.1 would misread) |
 //! | [`ops`] | one function per command, called by the CLI |
 //! | [`cli`] | clap definitions, output formatting, exit codes |
@@ -44,6 +45,7 @@ pub mod ops;
 pub mod plan;
 pub mod profile;
 pub mod proxmox;
+pub mod stack;
 pub mod store;
 pub mod suggest;
 pub mod yaml;

@@ -77,6 +77,9 @@ pub enum Command {
         /// Print JSON (the documented, versioned spec shape).
         #[arg(long)]
         json: bool,
+        /// For a stack: apply this environment overlay (`[env.ENV]`).
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
     },
     /// List every declared option: type, default, description, where declared.
     Options {
@@ -215,20 +218,30 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             printer.check_summary(&report, sources);
             Ok(exit(report.ok()))
         }
-        Command::Eval { target, json } => match ops::eval(&evaluator, target) {
-            Ok(spec) => {
-                if *json {
-                    printer.json(&spec)?;
-                } else {
-                    printer.toml(&spec)?;
+        Command::Eval { target, env, .. }
+            if env.is_some() && target.kind != crate::config::DocKind::Stack =>
+        {
+            printer.fatal(&format!(
+                "`--env` applies to stacks (stack:NAME), not to `{target}`"
+            ));
+            Ok(ExitCode::from(2))
+        }
+        Command::Eval { target, json, env } => {
+            match ops::eval_in(&evaluator, target, env.as_deref()) {
+                Ok(spec) => {
+                    if *json {
+                        printer.json(&spec)?;
+                    } else {
+                        printer.toml(&spec)?;
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::SUCCESS)
+                Err(failure) => {
+                    deploy_cmd::report_eval_failure(&evaluator, failure, printer);
+                    Ok(ExitCode::from(1))
+                }
             }
-            Err(failure) => {
-                deploy_cmd::report_eval_failure(&evaluator, failure, printer);
-                Ok(ExitCode::from(1))
-            }
-        },
+        }
         Command::Options { json, markdown } => {
             let docs = ops::options_doc::option_docs(&evaluator);
             if *json {

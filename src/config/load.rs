@@ -246,7 +246,7 @@ fn read_document(
         },
     }
     let allowed = kind.sections();
-    if kind != DocKind::Stack {
+    {
         for entry in &root.entries {
             if entry.key != header_name && !allowed.contains(&entry.key.as_str()) {
                 let mut known: Vec<&str> = vec![header_name];
@@ -268,6 +268,10 @@ fn read_document(
                     diagnostic = diagnostic.help("options can only be declared in modules/; move the declarations into a module and import it");
                 } else if let Some(hint) = did_you_mean(&entry.key, known.iter().copied()) {
                     diagnostic = diagnostic.help(hint);
+                } else if kind == DocKind::Stack {
+                    diagnostic = diagnostic.help(
+                        "services go under [services.NAME], environment overlays under [env.NAME.services.NAME]",
+                    );
                 } else {
                     diagnostic = diagnostic
                         .help("option values go under [config] (or [defaults] / [force])");

@@ -8,7 +8,7 @@
 //! hosts/NAME.toml     [host]    + [defaults] [config] [force]
 //! images/NAME.toml    [image]   + [defaults] [config] [force]
 //! modules/PATH.toml   [module]  + [options.…] [defaults] [config] [force]
-//! stacks/NAME.toml    [stack]   + the service model (kept as TOML for now)
+//! stacks/NAME.toml    [stack]   + [services.NAME…] [env.NAME.services…]
 //! ```
 
 pub mod diagnostic;
@@ -68,8 +68,7 @@ impl DocKind {
         match self {
             DocKind::Module => &["options", "defaults", "config", "force"],
             DocKind::Host | DocKind::Image => &["defaults", "config", "force"],
-            // The stack model is validated by the stacks work; any table is kept.
-            DocKind::Stack => &[],
+            DocKind::Stack => &["services", "env"],
         }
     }
 

@@ -3,9 +3,7 @@
 //! source, and so on.
 
 use super::scalar::normalise_path;
-use super::spec::{
-    GuestKind, HostSpec, ImageBase, ImageSpec, SPEC_VERSION, StackSpec, SystemConfig,
-};
+use super::spec::{GuestKind, HostSpec, ImageBase, ImageSpec, SPEC_VERSION, SystemConfig};
 use super::value::{Priority, Value, ValueKind};
 use super::{Evaluation, Evaluator, field_str, field_strings};
 use crate::config::diagnostic::Diagnostic;
@@ -385,55 +383,7 @@ impl Evaluator {
         }
     }
 
-    pub fn stack(&self, id: DocId) -> Evaluation<StackSpec> {
-        let document = self.repo.document(id);
-        if document.broken {
-            return Err(Vec::new());
-        }
-        let mut diagnostics = Vec::new();
-        let header = self.header(id, &["imports"], &mut diagnostics);
-        let Some(header) = header else {
-            return Err(diagnostics);
-        };
-        let host = field_str(&header, "host").map(str::to_owned);
-        if let Some(host) = &host
-            && self.repo.find(DocKind::Host, host).is_none()
-        {
-            diagnostics.push(
-                Diagnostic::error("missing-host", format!("no host named `{host}`"))
-                    .at(
-                        self.header_field_span(id, "host"),
-                        format!("there is no hosts/{host}.toml"),
-                    )
-                    .help_opt(did_you_mean(host, self.repo.names(DocKind::Host))),
-            );
-        }
-        if !diagnostics.is_empty() {
-            return Err(diagnostics);
-        }
-        let model = serde_json::Value::Object(
-            document
-                .root
-                .entries
-                .iter()
-                .filter(|e| e.key != "stack")
-                .map(|e| (e.key.clone(), e.value.to_json()))
-                .collect(),
-        );
-        Ok(StackSpec {
-            kind: "stack".into(),
-            version: SPEC_VERSION,
-            name: document.name.clone(),
-            file: self.repo.sources.path(document.source).to_owned(),
-            description: field_str(&header, "description").map(str::to_owned),
-            host,
-            targets: field_strings(&header, "targets"),
-            modules: self.names(&self.repo.imports.closure(id)),
-            model,
-        })
-    }
-
-    fn names(&self, ids: &[DocId]) -> Vec<String> {
+    pub(super) fn names(&self, ids: &[DocId]) -> Vec<String> {
         ids.iter()
             .map(|id| self.repo.document(*id).name.clone())
             .collect()

@@ -19,6 +19,7 @@ pub mod merge;
 pub mod options;
 pub mod scalar;
 pub mod spec;
+mod stack;
 pub mod types;
 pub mod value;
 
@@ -46,6 +47,8 @@ pub struct Evaluator {
     options: Group,
     all_options: Vec<Arc<Decl>>,
     headers: Group,
+    /// The service model of stack files (`crate::stack::SCHEMA`).
+    stack_options: Group,
     poisoned: BTreeSet<String>,
     /// Problems found while reading files and declarations.
     pub diagnostics: Vec<Diagnostic>,
@@ -60,9 +63,15 @@ impl Evaluator {
         let mut poisoned = BTreeSet::new();
         let mut options = Group::default();
         let mut headers = Group::default();
+        let mut stack_options = Group::default();
         for (path, text, group) in [
             ("<built-in>/core.toml", CORE_OPTIONS, &mut options),
             ("<built-in>/headers.toml", HEADER_SCHEMAS, &mut headers),
+            (
+                "<built-in>/stack.toml",
+                crate::stack::SCHEMA,
+                &mut stack_options,
+            ),
         ] {
             let id = repo.sources.add(path, text);
             match parse_document(id, text) {
@@ -115,6 +124,7 @@ impl Evaluator {
             options,
             all_options,
             headers,
+            stack_options,
             poisoned,
             diagnostics,
         }

@@ -67,21 +67,8 @@ pub enum ImageBase {
     Image(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StackSpec {
-    /// Always `"stack"`.
-    pub kind: String,
-    pub version: u32,
-    pub name: String,
-    pub file: String,
-    pub description: Option<String>,
-    pub host: Option<String>,
-    pub targets: Vec<String>,
-    pub modules: Vec<String>,
-    /// The rest of the stack file, as written (the service model is
-    /// evaluated by the stacks stage).
-    pub model: serde_json::Value,
-}
+/// A stack's evaluated service model (see [`crate::stack::model`]).
+pub use crate::stack::model::Stack as StackSpec;
 
 /// kiln's built-in options, typed, plus every module-declared option.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -118,16 +118,11 @@ pub fn wanted(
         }
     }
     for stack in stacks {
-        let Some(services) = stack.model.get("services").and_then(|s| s.as_object()) else {
-            continue;
-        };
-        for service in services.values() {
-            if let Some(reference) = service.get("image").and_then(|i| i.as_str()) {
-                let wanted = Wanted::Oci {
-                    reference: reference.to_owned(),
-                };
-                inputs.insert((wanted.kind(), reference.to_owned()), wanted);
-            }
+        for service in stack.services.values() {
+            let wanted = Wanted::Oci {
+                reference: service.image.clone(),
+            };
+            inputs.insert((wanted.kind(), service.image.clone()), wanted);
         }
     }
     inputs

@@ -93,6 +93,17 @@ pub enum EvalFailure {
 
 /// Evaluate one target.
 pub fn eval(evaluator: &Evaluator, target: &Target) -> Result<Spec, EvalFailure> {
+    eval_in(evaluator, target, None)
+}
+
+/// Evaluate one target; a stack with the `env` overlay applied (`--env`),
+/// and with each image's digest-pinned reference where `lockfile.toml`
+/// pins it (an unpinned image is not an error until something renders it).
+pub fn eval_in(
+    evaluator: &Evaluator,
+    target: &Target,
+    env: Option<&str>,
+) -> Result<Spec, EvalFailure> {
     let Some(id) = evaluator.repo.find(target.kind, &target.name) else {
         return Err(EvalFailure::UnknownTarget {
             target: target.clone(),
@@ -100,7 +111,19 @@ pub fn eval(evaluator: &Evaluator, target: &Target) -> Result<Spec, EvalFailure>
         });
     };
     let mut diagnostics = relevant_load_errors(evaluator, id);
-    match evaluator.evaluate(id) {
+    let evaluated = if target.kind == DocKind::Stack {
+        evaluator.stack_in(id, env).map(|mut stack| {
+            // A lockfile that cannot be read leaves the images unpinned
+            // here; `kiln lock` and `kiln build` report it.
+            if let Ok(lock) = lock::read(&evaluator.repo.root.join("lockfile.toml")) {
+                crate::stack::pin::annotate(&mut stack, &lock);
+            }
+            Some(Spec::Stack(Box::new(stack)))
+        })
+    } else {
+        evaluator.evaluate(id)
+    };
+    match evaluated {
         Ok(Some(spec)) if diagnostics.is_empty() => Ok(spec),
         Ok(_) => Err(EvalFailure::Invalid(diagnostics)),
         Err(found) => {
