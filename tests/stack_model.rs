@@ -337,6 +337,7 @@ fn pin_needs_every_image_in_the_lock() {
     let mut lock = kiln::lock::Lockfile::parse(&text).unwrap();
     let pinned = kiln::stack::pin(&stack, &lock).unwrap();
     assert_eq!(pinned.images.len(), stack.services.len());
+    assert!(pinned.backup_image.is_some(), "edge backs volumes up");
     assert!(pinned.stack.services.values().all(|s| {
         s.image_ref
             .as_deref()

@@ -94,6 +94,7 @@ impl Evaluator {
                     description: field_str(&header, "description").map(str::to_owned),
                     host: host.clone(),
                     targets: field_strings(&header, "targets"),
+                    settings: settings(&header, &document.name),
                     modules: self.names(&self.repo.imports.closure(id)),
                     env: env_name.map(str::to_owned),
                     environments: environments.clone(),
@@ -234,6 +235,46 @@ impl Evaluator {
         root.get_path(&["services"])
             .cloned()
             .unwrap_or_else(|| Value::new(ValueKind::Map(Default::default()), origin))
+    }
+}
+
+/// The `[stack]` table's render settings, each defaulted when unset.
+fn settings(header: &Value, name: &str) -> crate::stack::model::Settings {
+    use crate::stack::model::{
+        BackupOperator, ComposeSettings, IngressKind, K8sSettings, Settings,
+    };
+    let text = |path: &[&str], default: &str| -> String {
+        match header.get_path(path).map(|v| &v.kind) {
+            Some(ValueKind::Str(s)) => s.clone(),
+            _ => default.to_owned(),
+        }
+    };
+    Settings {
+        namespace: text(&["namespace"], name),
+        k8s: K8sSettings {
+            backup: if text(&["k8s", "backup"], "k8up") == "velero" {
+                BackupOperator::Velero
+            } else {
+                BackupOperator::K8up
+            },
+            ingress: if text(&["k8s", "ingress"], "ingressroute") == "ingress" {
+                IngressKind::Ingress
+            } else {
+                IngressKind::Ingressroute
+            },
+            ingress_class: text(&["k8s", "ingress_class"], "traefik"),
+            secret_store: text(&["k8s", "secret_store"], "vault"),
+            proxy_namespace: text(&["k8s", "proxy_namespace"], "traefik"),
+            monitoring_namespace: text(&["k8s", "monitoring_namespace"], "monitoring"),
+        },
+        compose: ComposeSettings {
+            proxy_network: text(&["compose", "proxy_network"], "kiln-proxy"),
+            monitoring_network: text(&["compose", "monitoring_network"], "kiln-monitoring"),
+            backup_image: text(
+                &["compose", "backup_image"],
+                crate::stack::model::BACKUP_IMAGE,
+            ),
+        },
     }
 }
 

@@ -124,6 +124,19 @@ pub fn wanted(
             };
             inputs.insert((wanted.kind(), service.image.clone()), wanted);
         }
+        // The compose volume backup companion copies every backed-up
+        // volume; its image is pinned like a service's.
+        let backed_up = stack
+            .services
+            .values()
+            .any(|s| s.volumes.values().any(|v| v.backup.is_some()));
+        if backed_up {
+            let image = stack.settings.compose.backup_image.clone();
+            let wanted = Wanted::Oci {
+                reference: image.clone(),
+            };
+            inputs.insert((wanted.kind(), image), wanted);
+        }
     }
     inputs
 }

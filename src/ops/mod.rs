@@ -3,6 +3,7 @@
 pub mod build;
 pub mod lock;
 pub mod options_doc;
+pub mod render;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

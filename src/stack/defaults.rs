@@ -252,6 +252,7 @@ fn complete_one(
     Service {
         image: draft.image.0.clone(),
         image_ref: None,
+        role: draft.role,
         workload,
         command: draft.command.clone(),
         env: draft
@@ -270,6 +271,7 @@ fn complete_one(
             .map(|(k, (p, _))| (k.clone(), p.clone()))
             .collect(),
         volumes,
+        mounts: draft.mounts.clone(),
         health,
         resources,
         replicas: if draft.kind.0 == Kind::Cronjob {

@@ -22,6 +22,7 @@ pub mod defaults;
 pub mod model;
 pub mod pin;
 pub mod read;
+pub mod render;
 pub mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,7 @@ pub struct Header {
     pub description: Option<String>,
     pub host: Option<String>,
     pub targets: Vec<String>,
+    pub settings: model::Settings,
     pub modules: Vec<String>,
     pub env: Option<String>,
     pub environments: Vec<String>,
@@ -77,6 +79,7 @@ pub fn build(
         description: header.description,
         host: header.host,
         targets: header.targets,
+        settings: header.settings,
         modules: header.modules,
         env: header.env,
         environments: header.environments,

@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Span;
 
-/// The version of the stack JSON shape (1 was the raw, untyped model).
-pub const STACK_MODEL_VERSION: u32 = 2;
+/// The version of the stack JSON shape (1 was the raw, untyped model; 3
+/// added `settings`, `role` and `mounts`).
+pub const STACK_MODEL_VERSION: u32 = 3;
+
+/// The default image of the compose volume backup companion.
+pub const BACKUP_IMAGE: &str = "offen/docker-volume-backup:v2.43.0";
 
 /// A stack, evaluated, checked and completed by the defaults pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +39,8 @@ pub struct Stack {
     pub env: Option<String>,
     /// Every environment the file defines (`[env.NAME]`).
     pub environments: Vec<String>,
+    /// How the stack is rendered (the `[stack]` table's target settings).
+    pub settings: Settings,
     pub services: BTreeMap<String, Service>,
     /// Where each value came from, by path (`services.web.replicas`):
     /// `FILE:LINE:COL` for a value written in the stack (with
@@ -52,6 +58,8 @@ pub struct Service {
     pub image: String,
     /// `REGISTRY/REPOSITORY:TAG@sha256:…` once pinned by the lockfile.
     pub image_ref: Option<String>,
+    /// What the service is to the others.
+    pub role: Role,
     /// `kind` (and a cron job's `schedule`), flattened into the service.
     #[serde(flatten)]
     pub workload: Workload,
@@ -60,6 +68,8 @@ pub struct Service {
     pub secrets: BTreeMap<String, SecretRef>,
     pub ports: BTreeMap<String, Port>,
     pub volumes: BTreeMap<String, Volume>,
+    /// Host bind mounts, by name (never backed up).
+    pub mounts: BTreeMap<String, Mount>,
     /// `None` when opted out (`type = "none"`) or nothing can be probed.
     pub health: Option<HealthCheck>,
     pub resources: Resources,
@@ -74,6 +84,88 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     /// `None` when opted out (`network_policy = false`).
     pub network_policy: Option<NetworkPolicy>,
+}
+
+/// What a service is to the rest of the fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An application.
+    #[default]
+    App,
+    /// The reverse proxy every `expose` goes through (Traefik): on compose
+    /// it joins the shared proxy network and reads the router labels.
+    Proxy,
+    /// The monitoring system (Prometheus): on compose it joins the shared
+    /// monitoring network and reads the file_sd targets.
+    Monitoring,
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Path on the host.
+    pub host: String,
+    /// Path in the container.
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// How a stack is rendered: the `[stack]` table's settings, each with a
+/// default, so a renderer never guesses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Kubernetes namespace (default: the stack's name); also the compose
+    /// project name.
+    pub namespace: String,
+    pub k8s: K8sSettings,
+    pub compose: ComposeSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8sSettings {
+    /// Which backup operator's schedule to render.
+    pub backup: BackupOperator,
+    /// How an exposed service is routed.
+    pub ingress: IngressKind,
+    /// The `ingressClassName` of an Ingress.
+    pub ingress_class: String,
+    /// The ClusterSecretStore every ExternalSecret reads from (Vault).
+    pub secret_store: String,
+    /// The namespace the reverse proxy (Traefik) runs in: network policies
+    /// let it in to exposed ports.
+    pub proxy_namespace: String,
+    /// The namespace Prometheus runs in: network policies let it in to
+    /// metrics ports.
+    pub monitoring_namespace: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupOperator {
+    K8up,
+    Velero,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressKind {
+    /// Traefik's IngressRoute (forward-auth middlewares, weighted services).
+    Ingressroute,
+    /// The portable networking.k8s.io/v1 Ingress.
+    Ingress,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComposeSettings {
+    /// The external network the reverse proxy and every exposed service
+    /// join (created once on the Docker host).
+    pub proxy_network: String,
+    /// The external network Prometheus and every monitored service join.
+    pub monitoring_network: String,
+    /// The image of the volume backup companion (pinned in lockfile.toml
+    /// like any service's).
+    pub backup_image: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

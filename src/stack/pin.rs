@@ -19,6 +19,9 @@ pub struct PinnedStack {
     pub stack: Stack,
     /// By service name.
     pub images: BTreeMap<String, PinnedImage>,
+    /// The compose volume backup companion (`settings.compose.backup_image`),
+    /// pinned when any volume is backed up.
+    pub backup_image: Option<PinnedImage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -79,10 +82,32 @@ pub fn pin(stack: &Stack, lock: &Lockfile) -> Result<PinnedStack, Vec<Diagnostic
             }
         }
     }
+    let backed_up = stack
+        .services
+        .values()
+        .any(|s| s.volumes.values().any(|v| v.backup.is_some()));
+    let mut backup_image = None;
+    if backed_up {
+        let wanted = &stack.settings.compose.backup_image;
+        match image_ref(wanted, lock) {
+            Some(image) => backup_image = Some(image),
+            None => diagnostics.push(
+                Diagnostic::error(
+                    "unpinned-image",
+                    format!(
+                        "image `{wanted}` of the volume backup companion is not pinned in lockfile.toml"
+                    ),
+                )
+                .help("run `kiln lock` to pin its digest, and commit lockfile.toml")
+                .note("every backed-up volume is copied by this image on compose (`[stack.compose] backup_image`)"),
+            ),
+        }
+    }
     if diagnostics.is_empty() {
         Ok(PinnedStack {
             stack: pinned,
             images,
+            backup_image,
         })
     } else {
         Err(diagnostics)

@@ -9,7 +9,7 @@ use crate::config::node::quote_key;
 use crate::config::{Sources, Span};
 use crate::eval::value::{Value, ValueKind};
 
-use super::model::{Auth, Port, Protocol};
+use super::model::{Auth, Mount, Port, Protocol, Role};
 
 /// A value and where it was written.
 pub type Spanned<T> = (T, Span);
@@ -98,6 +98,7 @@ pub struct Draft {
     pub span: Span,
     pub image: Spanned<String>,
     pub kind: Spanned<Kind>,
+    pub role: Role,
     pub schedule: Option<Spanned<String>>,
     pub component: Option<Spanned<String>>,
     pub command: Vec<String>,
@@ -105,6 +106,7 @@ pub struct Draft {
     pub secrets: BTreeMap<String, String>,
     pub ports: BTreeMap<String, Spanned<Port>>,
     pub volumes: BTreeMap<String, VolumeDraft>,
+    pub mounts: BTreeMap<String, Mount>,
     pub backup: Option<Spanned<bool>>,
     pub health: Option<HealthDraft>,
     pub resources: ResourcesDraft,
@@ -326,6 +328,11 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
             Some((_, span)) => (Kind::Service, span),
             None => (Kind::Service, value.origin),
         };
+        let role = match fields.string("role") {
+            Some((r, _)) if r == "proxy" => Role::Proxy,
+            Some((r, _)) if r == "monitoring" => Role::Monitoring,
+            _ => Role::App,
+        };
         let schedule = fields.string("schedule");
         // Recorded as the `app.kubernetes.io/component` label it sets.
         let component =
@@ -343,6 +350,7 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
             .collect();
         let ports = read_ports(&mut fields);
         let volumes = read_volumes(&mut fields);
+        let mounts = read_mounts(&mut fields);
         // An opt-out switch, not a model field: the defaults pass records
         // it against each volume's `backup`.
         let backup = get(value, "backup").and_then(|b| Some((as_bool(b)?, b.origin)));
@@ -426,6 +434,7 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
             span: value.origin,
             image,
             kind,
+            role,
             schedule,
             component,
             command,
@@ -433,6 +442,7 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
             secrets,
             ports,
             volumes,
+            mounts,
             backup,
             health,
             resources,
@@ -478,6 +488,33 @@ fn read_ports(fields: &mut Fields<'_, '_, '_>) -> BTreeMap<String, Spanned<Port>
                 },
                 span,
             ),
+        );
+    }
+    out
+}
+
+fn read_mounts(fields: &mut Fields<'_, '_, '_>) -> BTreeMap<String, Mount> {
+    let mut out = BTreeMap::new();
+    let Some(mut mounts) = fields.sub("mounts") else {
+        return out;
+    };
+    let value = mounts.value;
+    for (name, _) in entries(Some(value)) {
+        let Some(mut mount) = mounts.sub(name) else {
+            continue;
+        };
+        let (Some((host, _)), Some((path, _))) = (mount.string("host"), mount.string("path"))
+        else {
+            continue;
+        };
+        let read_only = mount.bool("read_only").is_none_or(|(r, _)| r);
+        out.insert(
+            name.clone(),
+            Mount {
+                host,
+                path,
+                read_only,
+            },
         );
     }
     out
