@@ -466,6 +466,7 @@ fn network_policies(drafts: &[Draft]) -> BTreeMap<String, NetworkPolicy> {
                 dns: true,
                 ingress,
                 egress,
+                internet: draft.internet,
             },
         );
     }

@@ -326,6 +326,9 @@ pub struct NetworkPolicy {
     pub ingress: Vec<Peer>,
     /// What this service may connect to.
     pub egress: Vec<Peer>,
+    /// It may also connect to the internet (`internet = true`): any
+    /// address outside the private ranges.
+    pub internet: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

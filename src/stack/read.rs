@@ -116,6 +116,7 @@ pub struct Draft {
     pub metrics: Option<MetricsDraft>,
     pub monitoring: Option<Spanned<bool>>,
     pub network_policy: Option<bool>,
+    pub internet: bool,
     pub labels: BTreeMap<String, String>,
     pub strategy: Option<StrategyDraft>,
 }
@@ -405,6 +406,7 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
         });
         let monitoring = fields.bool("monitoring");
         let network_policy = fields.bool("network_policy").map(|(b, _)| b);
+        let internet = fields.bool("internet").is_some_and(|(b, _)| b);
         let labels = fields
             .string_map("labels")
             .into_iter()
@@ -452,6 +454,7 @@ pub fn drafts(services: &Value, provenance: &mut Provenance<'_>) -> Vec<Draft> {
             metrics,
             monitoring,
             network_policy,
+            internet,
             labels,
             strategy,
         });
