@@ -256,6 +256,18 @@ pub fn run_builder(
                 .map_err(|e| BuilderError::Failed(e.to_string()))?;
             Ok(())
         }
+        crate::builders::stack::BUILDER => {
+            let stack = serde_json::from_str(arg("stack")?)
+                .map_err(|e| BuilderError::Failed(format!("stack: {e}")))?;
+            let target = crate::stack::render::Target::parse(arg("target")?).ok_or_else(|| {
+                BuilderError::Failed(format!(
+                    "unknown render target `{}`",
+                    arg("target").unwrap_or(&String::new())
+                ))
+            })?;
+            crate::builders::stack::build(&stack, target, out)
+                .map_err(|e| BuilderError::Failed(e.to_string()))
+        }
         "debian-index" => {
             let packages: Vec<crate::lock::DebianPackage> = serde_json::from_str(arg("packages")?)
                 .map_err(|e| BuilderError::Failed(format!("packages: {e}")))?;

@@ -5,4 +5,5 @@ pub mod fetch;
 pub mod lxc;
 pub mod overlay;
 pub mod seed;
+pub mod stack;
 pub mod vm;

@@ -16,13 +16,17 @@ use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// HOST (its LXC template; a VM host its overlay, for now) or
-    /// image:NAME (its pinned inputs), optionally `#PART`: `HOST#overlay`,
-    /// `HOST#packages`, `image:NAME#packages`.
+    /// HOST (its LXC template or VM image), image:NAME, or stack:NAME
+    /// (its bundles), optionally `#PART`: `HOST#overlay`, `HOST#packages`,
+    /// `image:NAME#packages`, `stack:NAME#compose`, `stack:NAME#k8s@prod`.
     pub targets: Vec<Target>,
     /// Build every host.
     #[arg(long)]
     pub all: bool,
+    /// For stack targets: render this environment (`[env.ENV]`) instead
+    /// of the base model (same as `stack:NAME#@ENV`).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
     /// Build only this part of each target that names none (`overlay`:
     /// a host's overlay; `packages`: the pinned Debian set and its index).
     #[arg(long, value_name = "PART")]
@@ -282,7 +286,7 @@ impl FetchProgress for BuildProgress<'_> {
 /// A target as part of a result link's name: `image:debian-12` →
 /// `image-debian-12`, `db#overlay` → `db-overlay`.
 fn link_suffix(target: &str) -> String {
-    target.replace([':', '#', '/'], "-")
+    target.replace([':', '#', '/', '@'], "-")
 }
 
 /// Read lockfile.toml; with `locked`, also require it to pin every input
@@ -365,6 +369,12 @@ pub(super) fn build(
     for target in &mut targets {
         if target.part.is_none() {
             target.part.clone_from(&args.part);
+        }
+        if let Some(env) = &args.env
+            && target.kind == crate::config::DocKind::Stack
+            && !target.part.as_deref().is_some_and(|p| p.contains('@'))
+        {
+            target.part = Some(format!("{}@{env}", target.part.as_deref().unwrap_or("")));
         }
     }
     let Some(plan) = report_failure(

@@ -6,6 +6,7 @@
 mod build_cmd;
 mod deploy_cmd;
 mod output;
+mod render_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -117,6 +118,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render a stack's bundle (built into the store) to a directory:
+    /// a Docker Compose bundle or a kustomize directory.
+    Render(render_cmd::RenderArgs),
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(build_cmd::StoreCommand),
@@ -290,6 +294,10 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             deploy_cmd::status(&evaluator, &store, args, printer)
         }
         Command::Gc(args) => deploy_cmd::gc(&evaluator, args, printer),
+        Command::Render(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            render_cmd::render(&evaluator, &store, args, printer)
+        }
         Command::Store(_) | Command::InternalBuild { .. } => unreachable!("handled above"),
     }
 }

@@ -10,6 +10,7 @@ use crate::eval::spec::{GuestKind, HostSpec, ImageBase, ImageSpec};
 use crate::lock::Lockfile;
 use crate::lock::inputs::{LockStatus, status, wanted};
 use crate::plan::{Plan, PlanError};
+use crate::stack::render;
 use crate::store::nar;
 use crate::suggest::did_you_mean;
 
@@ -35,6 +36,11 @@ pub enum PlanFailure {
         target: String,
         part: String,
     },
+    /// A stack that cannot be rendered.
+    Stack {
+        target: String,
+        reason: String,
+    },
     /// A host to be built from packages whose image has no Debian base.
     NoDebianBase {
         target: String,
@@ -57,12 +63,12 @@ impl std::fmt::Display for PlanFailure {
             }
             PlanFailure::NotBuildable(target) => write!(
                 f,
-                "`{}:{}` has nothing to build yet: this kiln builds hosts (their overlay) and the pinned inputs of images with a `debian` or `url` base; stack builders come next",
+                "`{}:{}` has nothing to build yet: kiln builds hosts, images and stacks",
                 target.kind, target.name
             ),
             PlanFailure::UnknownPart { target, part } => write!(
                 f,
-                "`{target}`: no part `{part}` (a host has `overlay` and `packages`, a VM host also `raw`; an image has `packages`)"
+                "`{target}`: no part `{part}` (a host has `overlay` and `packages`, a VM host also `raw`; an image has `packages`; a stack has `compose` and `k8s`, each optionally `@ENV`, or `@ENV` alone)"
             ),
             PlanFailure::NoDebianBase { target, image } => write!(
                 f,
@@ -73,11 +79,12 @@ impl std::fmt::Display for PlanFailure {
                 "lockfile.toml does not pin the inputs of these targets as configured:\n{}\nrun `kiln lock` to pin them (and commit lockfile.toml)",
                 crate::ops::lock::describe(status)
             ),
+            PlanFailure::Stack { target, reason } => write!(f, "`{target}`: {reason}"),
             PlanFailure::Source { file, reason } => write!(f, "cannot read {file}: {reason}"),
             PlanFailure::Plan(error) => write!(f, "{error}"),
-            PlanFailure::NoTargets => {
-                f.write_str("nothing to build: name targets (HOST, image:NAME) or pass --all")
-            }
+            PlanFailure::NoTargets => f.write_str(
+                "nothing to build: name targets (HOST, image:NAME, stack:NAME) or pass --all",
+            ),
         }
     }
 }
@@ -121,6 +128,43 @@ impl Part {
     }
 }
 
+/// The `[stack] host` of a stack document, if set (without evaluating
+/// the services).
+fn field_host(evaluator: &Evaluator, id: DocId) -> Option<String> {
+    let header = evaluator.repo.document(id).header.as_ref()?;
+    let table = header.value.as_table()?;
+    let entry = table.get("host")?;
+    entry.value.as_str().map(str::to_owned)
+}
+
+/// A stack target's part: `TARGET`, `TARGET@ENV` or `@ENV` (`compose`,
+/// `k8s@prod`); no part builds every target the stack renders, base model.
+fn stack_part(target: &Target) -> Result<(Option<render::Target>, Option<String>), PlanFailure> {
+    let Some(part) = target.part.as_deref() else {
+        return Ok((None, None));
+    };
+    let (which, env) = match part.split_once('@') {
+        Some((which, env)) if !env.is_empty() => (which, Some(env.to_owned())),
+        Some(_) => {
+            return Err(PlanFailure::UnknownPart {
+                target: target.to_string(),
+                part: part.to_owned(),
+            });
+        }
+        None => (part, None),
+    };
+    if which.is_empty() {
+        return Ok((None, env));
+    }
+    match render::Target::parse(which) {
+        Some(one) => Ok((Some(one), env)),
+        None => Err(PlanFailure::UnknownPart {
+            target: target.to_string(),
+            part: part.to_owned(),
+        }),
+    }
+}
+
 /// The disk format of an image whose base is a pinned disk image (`url`
 /// with `format = "qcow2"` or `"raw"`, or a URL ending in `.qcow2` or
 /// `.raw`), else `None` (a rootfs tarball, or not a `url` base).
@@ -160,6 +204,7 @@ pub fn plan(
             hosts.push((id, Part::Whole, repo.document(id).name.clone()));
         }
     }
+    let mut stacks: Vec<(String, Option<render::Target>, Option<String>, String)> = Vec::new();
     for target in targets {
         let Some(id) = repo.find(target.kind, &target.name) else {
             return Err(PlanFailure::Eval(EvalFailure::UnknownTarget {
@@ -167,6 +212,11 @@ pub fn plan(
                 hint: did_you_mean(&target.name, repo.names(target.kind)),
             }));
         };
+        if target.kind == DocKind::Stack {
+            let (render_target, env) = stack_part(target)?;
+            stacks.push((target.name.clone(), render_target, env, target.to_string()));
+            continue;
+        }
         let part = Part::of(target)?;
         let list = match target.kind {
             DocKind::Host => &mut hosts,
@@ -177,7 +227,7 @@ pub fn plan(
             list.push((id, part, target.to_string()));
         }
     }
-    if hosts.is_empty() && images.is_empty() {
+    if hosts.is_empty() && images.is_empty() && stacks.is_empty() {
         return Err(PlanFailure::NoTargets);
     }
     let mut unique_hosts: Vec<DocId> = Vec::new();
@@ -283,9 +333,106 @@ pub fn plan(
     }
 
     let mut plan = Plan::default();
+    for (name, render_target, env, target) in &stacks {
+        let stack =
+            super::render::pinned_stack(evaluator, name, env.as_deref()).map_err(|failure| {
+                match failure {
+                    super::render::RenderFailure::Eval(failure) => PlanFailure::Eval(failure),
+                    super::render::RenderFailure::Unpinned(diagnostics) => {
+                        PlanFailure::Eval(EvalFailure::Invalid(diagnostics))
+                    }
+                    other => PlanFailure::Stack {
+                        target: target.clone(),
+                        reason: other.to_string(),
+                    },
+                }
+            })?;
+        let wanted: Vec<render::Target> = match render_target {
+            Some(one) => vec![*one],
+            None => stack
+                .stack
+                .targets
+                .iter()
+                .filter_map(|t| render::Target::parse(t))
+                .collect(),
+        };
+        for one in wanted {
+            let hash = plan
+                .add_stack_bundle(&stack, one)
+                .map_err(PlanFailure::Plan)?;
+            let root = match (render_target, env) {
+                (Some(_), _) => target.clone(),
+                (None, Some(env)) => format!("stack:{name}#{one}@{env}"),
+                (None, None) => format!("stack:{name}#{one}"),
+            };
+            plan.add_root(&root, hash);
+        }
+    }
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+    // Stacks a host carries (`[stack] host`), rendered for compose once.
+    let mut carried: BTreeMap<String, Vec<(crate::stack::PinnedStack, render::Bundle)>> =
+        BTreeMap::new();
+    if !hosts.is_empty() {
+        for name in repo.names(DocKind::Stack) {
+            let id = repo.find(DocKind::Stack, name);
+            let Some(host) = id.and_then(|id| field_host(evaluator, id)) else {
+                continue;
+            };
+            if !specs.contains_key(&host) {
+                continue;
+            }
+            let target = format!("stack:{name}");
+            let stack =
+                super::render::pinned_stack(evaluator, name, None).map_err(
+                    |failure| match failure {
+                        super::render::RenderFailure::Eval(failure) => PlanFailure::Eval(failure),
+                        super::render::RenderFailure::Unpinned(diagnostics) => {
+                            PlanFailure::Eval(EvalFailure::Invalid(diagnostics))
+                        }
+                        other => PlanFailure::Stack {
+                            target: target.clone(),
+                            reason: other.to_string(),
+                        },
+                    },
+                )?;
+            if !stack.stack.targets.iter().any(|t| t == "compose") {
+                continue;
+            }
+            let bundle = render::render(&stack, render::Target::Compose).map_err(|error| {
+                PlanFailure::Stack {
+                    target: target.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+            carried.entry(host).or_default().push((stack, bundle));
+        }
+    }
     for (id, part, target) in &hosts {
-        let spec = &specs[&repo.document(*id).name];
+        let mut spec = specs[&repo.document(*id).name].clone();
+        if let Some(stacks) = carried.get(&spec.name) {
+            let list: Vec<crate::stack::host::Carried<'_>> = stacks
+                .iter()
+                .map(|(stack, bundle)| {
+                    let compose = &stack.stack.settings.compose;
+                    crate::stack::host::Carried {
+                        stack: &stack.stack.name,
+                        namespace: &stack.stack.settings.namespace,
+                        networks: vec![
+                            compose.proxy_network.clone(),
+                            compose.monitoring_network.clone(),
+                        ],
+                        bundle,
+                    }
+                })
+                .collect();
+            crate::stack::host::carry(&mut spec.config, &list).map_err(|error| {
+                PlanFailure::Stack {
+                    target: target.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+        }
+        let spec = &spec;
         hash_sources(&repo.root, &spec.config, &mut hashes)?;
         let overlay = plan.add_host(spec, &hashes).map_err(PlanFailure::Plan)?;
         // The lock check above guarantees the entries exist.

@@ -43,6 +43,8 @@ pub const OVERLAY_VERSION: u32 = 1;
 pub const SOURCE_VERSION: u32 = 1;
 /// The fetch builder's version.
 pub const FETCH_VERSION: u32 = 1;
+/// The stack-bundle builder's version.
+pub const STACK_BUNDLE_VERSION: u32 = 1;
 /// The debian-index builder's version.
 pub const DEBIAN_INDEX_VERSION: u32 = 1;
 
@@ -466,6 +468,42 @@ impl Plan {
     }
 
     /// Mark a derivation as asked for under `target`.
+    /// Add the bundle of a pinned stack for one render target: a
+    /// directory of text files, rendered by the `stack-bundle` builder from
+    /// the pinned model alone (no inputs: the lockfile's digests are in
+    /// the model). Provenance is left out of the argument: where a value
+    /// was written changes nothing in the bundle.
+    pub fn add_stack_bundle(
+        &mut self,
+        stack: &crate::stack::PinnedStack,
+        target: crate::stack::render::Target,
+    ) -> Result<DrvHash, PlanError> {
+        let name = match &stack.stack.env {
+            Some(env) => format!("{}-{env}-{target}", stack.stack.name),
+            None => format!("{}-{target}", stack.stack.name),
+        };
+        let mut model = stack.clone();
+        model.stack.provenance.clear();
+        let json = serde_json::to_string(&model).map_err(|error| PlanError::Serialise {
+            target: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let (hash, _) = self.add(Derivation {
+            name: store_name(&name),
+            builder: crate::builders::stack::BUILDER.into(),
+            builder_version: STACK_BUNDLE_VERSION,
+            system: SYSTEM.into(),
+            output: Output::Input,
+            args: BTreeMap::from([
+                ("stack".to_owned(), json),
+                ("target".to_owned(), target.name().to_owned()),
+            ]),
+            inputs: BTreeMap::new(),
+            env: BTreeMap::new(),
+        })?;
+        Ok(hash)
+    }
+
     pub fn add_root(&mut self, target: &str, hash: DrvHash) {
         if !self.roots.iter().any(|(t, h)| t == target && *h == hash) {
             self.roots.push((target.to_owned(), hash));

@@ -19,6 +19,7 @@
 
 pub mod checks;
 pub mod defaults;
+pub mod host;
 pub mod model;
 pub mod pin;
 pub mod read;

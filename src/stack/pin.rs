@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::diagnostic::Diagnostic;
 use crate::lock::Lockfile;
@@ -13,7 +13,7 @@ use super::model::Stack;
 use super::read::join;
 
 /// A stack whose every image is pinned by digest: what a renderer needs.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PinnedStack {
     /// With every `image_ref` filled in.
     pub stack: Stack,
@@ -24,7 +24,7 @@ pub struct PinnedStack {
     pub backup_image: Option<PinnedImage>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinnedImage {
     /// As written in the stack (the lockfile id).
     pub image: String,
