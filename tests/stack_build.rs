@@ -316,3 +316,142 @@ fn a_host_carries_the_compose_bundles_of_its_stacks() {
     ));
     assert!(!db.join("root/etc/kiln").exists());
 }
+
+/// The synthetic repo of `benches/render.sh`: `stacks` stacks of
+/// `services` services each, mixing every workload kind, exposure,
+/// metrics, volumes, secrets and strategies, and a lockfile pinning their
+/// images (digests made up: nothing is pulled).
+fn synthetic_repo(dir: &Path, stacks: usize, services: usize) {
+    use std::fmt::Write;
+    std::fs::create_dir_all(dir.join("stacks")).unwrap();
+    let mut lock = String::from("version = 1\n");
+    let images = 10;
+    for i in 0..images {
+        let _ = write!(
+            lock,
+            "\n[oci.\"registry.example/bench/app{i}:1.{i}\"]\nreference = \"registry.example/bench/app{i}:1.{i}\"\ndigest = \"sha256:{:064x}\"\n",
+            i + 1
+        );
+    }
+    let _ = write!(
+        lock,
+        "\n[oci.\"{0}\"]\nreference = \"docker.io/{0}\"\ndigest = \"sha256:{1:064x}\"\n",
+        kiln::stack::model::BACKUP_IMAGE,
+        999
+    );
+    std::fs::write(dir.join("lockfile.toml"), lock).unwrap();
+    for s in 0..stacks {
+        let mut text = format!(
+            "[stack]\ndescription = \"synthetic stack {s}\"\ntargets = [\"compose\", \"k8s\"]\n"
+        );
+        for v in 0..services {
+            let name = format!("svc{v}");
+            let _ = write!(
+                text,
+                "\n[services.{name}]\nimage = \"registry.example/bench/app{0}:1.{0}\"\n",
+                v % images
+            );
+            match v % 5 {
+                1 => text.push_str("kind = \"stateful\"\n"),
+                4 => text.push_str("kind = \"cronjob\"\nschedule = \"15 2 * * *\"\n"),
+                _ => {}
+            }
+            if v > 0 {
+                let _ = writeln!(text, "depends_on = [\"svc{}\", \"svc{}\"]", v - 1, v / 2);
+            }
+            if v % 5 != 4 {
+                let _ = writeln!(
+                    text,
+                    "ports.http = {{ port = {} }}\nports.metrics = {{ port = 9{v:03} }}\nmetrics = {{ port = \"metrics\" }}",
+                    8000 + v
+                );
+            }
+            let _ = writeln!(
+                text,
+                "env = {{ LOG_LEVEL = \"info\", PEER = \"svc{v}\" }}\nsecrets = {{ API_TOKEN = \"vault:kv/bench/{s}/{name}#token\" }}"
+            );
+            if v % 5 == 1 {
+                text.push_str("volumes.data = { path = \"/var/lib/data\", size = \"4GiB\" }\n");
+            }
+            if v % 5 == 0 {
+                let _ = writeln!(
+                    text,
+                    "expose = {{ hostname = \"s{s}-{name}.bench.home.arpa\", port = \"http\", auth = \"authentik\" }}"
+                );
+            }
+            if v % 5 == 2 {
+                text.push_str("replicas = 3\nstrategy = { type = \"canary\" }\n");
+            }
+            if v % 5 == 3 {
+                text.push_str("strategy = { type = \"blue-green\" }\n");
+            }
+        }
+        std::fs::write(dir.join(format!("stacks/s{s:03}.toml")), text).unwrap();
+    }
+}
+
+/// `benches/render.sh`: evaluate and pin `KILN_BENCH_STACKS` (100) stacks
+/// of `KILN_BENCH_SERVICES` (10) services, then render every one for both
+/// targets; prints the figures. Not a timed test: it asserts only that
+/// everything rendered.
+#[test]
+#[ignore = "a benchmark: run by benches/render.sh"]
+#[allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
+fn bench_render_stacks() {
+    use std::time::Instant;
+    let number = |key: &str, default: usize| {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (stacks, services) = (
+        number("KILN_BENCH_STACKS", 100),
+        number("KILN_BENCH_SERVICES", 10),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_repo(dir.path(), stacks, services);
+
+    let started = Instant::now();
+    let evaluator = kiln::ops::open(Some(dir.path()), dir.path()).unwrap();
+    let names: Vec<String> = evaluator
+        .repo
+        .names(kiln::config::DocKind::Stack)
+        .map(str::to_owned)
+        .collect();
+    let pinned: Vec<_> = names
+        .iter()
+        .map(|name| {
+            kiln::ops::render::pinned_stack(&evaluator, name, None)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        })
+        .collect();
+    let evaluated = started.elapsed();
+    assert_eq!(pinned.len(), stacks);
+
+    let mut best = std::time::Duration::MAX;
+    let (mut files, mut bytes) = (0, 0);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (mut f, mut b) = (0, 0);
+        for stack in &pinned {
+            for target in kiln::stack::render::Target::ALL {
+                let bundle = kiln::stack::render::render(stack, target).unwrap();
+                f += bundle.files.len();
+                b += bundle.size();
+            }
+        }
+        best = best.min(started.elapsed());
+        (files, bytes) = (f, b);
+    }
+    println!(
+        "render: {stacks} stacks x {services} services, both targets: {:.1} ms (best of 5); {files} files, {:.1} MiB",
+        best.as_secs_f64() * 1e3,
+        bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "evaluate + pin (parse, module system, checks, defaults, lock lookup): {:.1} ms",
+        evaluated.as_secs_f64() * 1e3
+    );
+    println!("total: {:.1} ms", (evaluated + best).as_secs_f64() * 1e3);
+}
