@@ -22,7 +22,7 @@ fn example_fleet_checks() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(
         text(&output.stdout),
-        "ok: 5 hosts, 1 image, 2 stacks, 7 modules\n"
+        "ok: 5 hosts, 1 image, 5 stacks, 7 modules\n"
     );
     assert_eq!(text(&output.stderr), "");
 }
@@ -42,7 +42,7 @@ fn example_lockfile_is_current_and_canonical() {
     let lock = kiln::lock::Lockfile::parse(&text).unwrap();
     assert_eq!(lock.to_text(), text);
     // Every stack image is pinned by digest.
-    assert_eq!(lock.oci.len(), 7, "{:?}", lock.oci.keys());
+    assert_eq!(lock.oci.len(), 15, "{:?}", lock.oci.keys());
 }
 
 #[test]
