@@ -185,3 +185,37 @@ fn deploy_options_do_not_change_derivations() {
     .unwrap();
     assert_ne!(hash(&copy, "db"), before.0);
 }
+
+/// docs/src/library.md has a row for every service of every stack and
+/// names every image; the fleet has exactly one proxy and one monitoring
+/// service, which every `expose` and `metrics` relies on.
+#[test]
+fn service_library_page_covers_every_service() {
+    let docs = std::fs::read_to_string(root().join("docs/src/library.md")).unwrap();
+    let mut roles = Vec::new();
+    for stack in names("stacks") {
+        let output = kiln(&root(), &["eval", &format!("stack:{stack}"), "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (name, service) in json["services"].as_object().unwrap() {
+            assert!(
+                docs.contains(&format!("| {stack} | {name} |")),
+                "docs/src/library.md has no row for {stack}/{name}"
+            );
+            let image = service["image"].as_str().unwrap();
+            assert!(
+                docs.contains(&format!("`{image}`")),
+                "docs/src/library.md does not name {image}"
+            );
+            let role = service["role"].as_str().unwrap();
+            if role != "app" {
+                roles.push(format!("{role}: {stack}/{name}"));
+            }
+        }
+    }
+    roles.sort();
+    assert_eq!(
+        roles,
+        ["monitoring: monitoring/prometheus", "proxy: edge/traefik"]
+    );
+}
