@@ -22,7 +22,7 @@ fn example_fleet_checks() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(
         text(&output.stdout),
-        "ok: 5 hosts, 1 image, 2 stacks, 7 modules\n"
+        "ok: 5 hosts, 1 image, 5 stacks, 7 modules\n"
     );
     assert_eq!(text(&output.stderr), "");
 }
@@ -42,7 +42,7 @@ fn example_lockfile_is_current_and_canonical() {
     let lock = kiln::lock::Lockfile::parse(&text).unwrap();
     assert_eq!(lock.to_text(), text);
     // Every stack image is pinned by digest.
-    assert_eq!(lock.oci.len(), 7, "{:?}", lock.oci.keys());
+    assert_eq!(lock.oci.len(), 15, "{:?}", lock.oci.keys());
 }
 
 #[test]
@@ -184,4 +184,38 @@ fn deploy_options_do_not_change_derivations() {
     )
     .unwrap();
     assert_ne!(hash(&copy, "db"), before.0);
+}
+
+/// docs/src/library.md has a row for every service of every stack and
+/// names every image; the fleet has exactly one proxy and one monitoring
+/// service, which every `expose` and `metrics` relies on.
+#[test]
+fn service_library_page_covers_every_service() {
+    let docs = std::fs::read_to_string(root().join("docs/src/library.md")).unwrap();
+    let mut roles = Vec::new();
+    for stack in names("stacks") {
+        let output = kiln(&root(), &["eval", &format!("stack:{stack}"), "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (name, service) in json["services"].as_object().unwrap() {
+            assert!(
+                docs.contains(&format!("| {stack} | {name} |")),
+                "docs/src/library.md has no row for {stack}/{name}"
+            );
+            let image = service["image"].as_str().unwrap();
+            assert!(
+                docs.contains(&format!("`{image}`")),
+                "docs/src/library.md does not name {image}"
+            );
+            let role = service["role"].as_str().unwrap();
+            if role != "app" {
+                roles.push(format!("{role}: {stack}/{name}"));
+            }
+        }
+    }
+    roles.sort();
+    assert_eq!(
+        roles,
+        ["monitoring: monitoring/prometheus", "proxy: edge/traefik"]
+    );
 }

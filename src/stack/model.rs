@@ -18,7 +18,7 @@ use crate::config::Span;
 pub const STACK_MODEL_VERSION: u32 = 3;
 
 /// The default image of the compose volume backup companion.
-pub const BACKUP_IMAGE: &str = "offen/docker-volume-backup:v2.43.0";
+pub const BACKUP_IMAGE: &str = "offen/docker-volume-backup:v2.44.0";
 
 /// A stack, evaluated, checked and completed by the defaults pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
