@@ -41,8 +41,9 @@ fn example_lockfile_is_current_and_canonical() {
     let text = std::fs::read_to_string(root().join("lockfile.toml")).unwrap();
     let lock = kiln::lock::Lockfile::parse(&text).unwrap();
     assert_eq!(lock.to_text(), text);
-    // Every stack image is pinned by digest.
-    assert_eq!(lock.oci.len(), 7, "{:?}", lock.oci.keys());
+    // Every stack image is pinned by digest, and the compose backup
+    // companion's image.
+    assert_eq!(lock.oci.len(), 8, "{:?}", lock.oci.keys());
 }
 
 #[test]
