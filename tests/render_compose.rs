@@ -638,3 +638,32 @@ fn features_bundle_details() {
     assert_eq!(targets[0]["labels"]["namespace"], "features");
     assert_eq!(targets[0]["labels"]["app_kubernetes_io_name"], "app");
 }
+
+/// `x` → `y--z` and `x--y` → `z` would both be network `x--y--z`: refused
+/// rather than joining four services on one network.
+#[test]
+fn colliding_network_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("stacks")).unwrap();
+    std::fs::copy(
+        root().join("lockfile.toml"),
+        dir.path().join("lockfile.toml"),
+    )
+    .unwrap();
+    let service = |name: &str, depends: &str| {
+        format!("[services.{name}]\nimage = \"redis:7.4.10-alpine\"\ndepends_on = [{depends}]\n")
+    };
+    let stack = [
+        "[stack]\n".to_owned(),
+        service("x", "\"y--z\""),
+        service("y--z", ""),
+        service("x--y", "\"z\""),
+        service("z", ""),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("stacks/s.toml"), stack).unwrap();
+    let error = render_stack(&open(dir.path()), "s", Target::Compose, None)
+        .expect_err("two edges, one network name");
+    let message = format!("{error}: {error:?}");
+    assert!(message.contains("x--y--z"), "{message}");
+}
