@@ -42,7 +42,7 @@ fn example_lockfile_is_current_and_canonical() {
     let lock = kiln::lock::Lockfile::parse(&text).unwrap();
     assert_eq!(lock.to_text(), text);
     // Every stack image is pinned by digest.
-    assert_eq!(lock.oci.len(), 7, "{:?}", lock.oci.keys());
+    assert_eq!(lock.oci.len(), 8, "{:?}", lock.oci.keys());
 }
 
 #[test]
