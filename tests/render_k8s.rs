@@ -1139,3 +1139,64 @@ fn the_policy_evaluator_follows_kubernetes_semantics() {
         "b is isolated for egress with no rule"
     );
 }
+
+/// Prometheus' `job` label is the name of the Service a ServiceMonitor
+/// selects (no `jobLabel`) and `namespace` its namespace: each monitor
+/// must select exactly the Service named after its service, in the
+/// stack's namespace, so the labels equal the compose target's.
+#[test]
+fn each_service_monitor_selects_exactly_its_own_service() {
+    let mut monitors = 0;
+    for (case, stack) in library_cases() {
+        let docs = documents(&render(&stack));
+        let services: Vec<&Value> = docs
+            .values()
+            .filter(|d| kind_of(d).1 == "Service")
+            .collect();
+        for (path, doc) in &docs {
+            if kind_of(doc).1 != "ServiceMonitor" {
+                continue;
+            }
+            monitors += 1;
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            assert!(doc["spec"].get("jobLabel").is_none(), "{case} {path}");
+            assert_eq!(
+                doc["spec"]["namespaceSelector"]["matchNames"],
+                serde_json::json!([stack.stack.settings.namespace])
+            );
+            let selected: Vec<&str> = services
+                .iter()
+                .filter(|s| {
+                    let labels = s["metadata"]["labels"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                        .collect();
+                    selector_matches(&doc["spec"]["selector"], &labels)
+                })
+                .map(|s| s["metadata"]["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(selected, [name], "{case} {path}: the job label is `{name}`");
+            let service = &stack.stack.services[name];
+            let metrics = service.metrics.as_ref().unwrap();
+            assert!(service.monitoring, "{case} {path}");
+            assert_eq!(doc["spec"]["endpoints"][0]["port"], metrics.port.as_str());
+            assert_eq!(doc["spec"]["endpoints"][0]["path"], metrics.path.as_str());
+        }
+        for (name, service) in &stack.stack.services {
+            let has = docs.contains_key(&format!("{name}/servicemonitor.yaml"));
+            assert_eq!(
+                has,
+                service.monitoring
+                    && !service.ports.is_empty()
+                    && !matches!(
+                        service.workload,
+                        kiln::stack::model::Workload::Cronjob { .. }
+                    ),
+                "{case}: {name}"
+            );
+        }
+    }
+    assert!(monitors > 0);
+}
