@@ -62,3 +62,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
 fi
+
+# kubernetes-validate (PyPI, in a venv), for the Kubernetes bundle tests.
+"$(dirname "$0")/setup-validators.sh"

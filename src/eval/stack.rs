@@ -266,6 +266,7 @@ fn settings(header: &Value, name: &str) -> crate::stack::model::Settings {
             secret_store: text(&["k8s", "secret_store"], "vault"),
             proxy_namespace: text(&["k8s", "proxy_namespace"], "traefik"),
             monitoring_namespace: text(&["k8s", "monitoring_namespace"], "monitoring"),
+            forward_auth: text(&["k8s", "forward_auth"], crate::stack::model::FORWARD_AUTH),
         },
         compose: ComposeSettings {
             proxy_network: text(&["compose", "proxy_network"], "kiln-proxy"),

@@ -17,6 +17,11 @@ use crate::config::Span;
 /// added `settings`, `role` and `mounts`).
 pub const STACK_MODEL_VERSION: u32 = 3;
 
+/// The default forward-auth address of the Authentik outpost on Kubernetes:
+/// the edge stack's `authentik` service, in the `edge` namespace.
+pub const FORWARD_AUTH: &str =
+    "http://authentik.edge.svc.cluster.local:9000/outpost.goauthentik.io/auth/traefik";
+
 /// The default image of the compose volume backup companion.
 pub const BACKUP_IMAGE: &str = "offen/docker-volume-backup:v2.44.0";
 
@@ -138,6 +143,9 @@ pub struct K8sSettings {
     /// The namespace Prometheus runs in: network policies let it in to
     /// metrics ports.
     pub monitoring_namespace: String,
+    /// The Authentik outpost's forward-auth address, called by Traefik
+    /// for every `auth = "authentik"` exposure.
+    pub forward_auth: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
