@@ -250,6 +250,40 @@ fn is_dns_label(text: &str) -> bool {
         && !text.ends_with('-')
 }
 
+/// Traefik's Docker-provider configuration, read from container labels:
+/// rendered on compose only.
+fn is_docker_provider_label(key: &str) -> bool {
+    key.starts_with("traefik.")
+}
+
+/// A label value: empty, or at most 63 of `[A-Za-z0-9._-]` starting and
+/// ending with an alphanumeric.
+fn is_label_value(text: &str) -> bool {
+    text.is_empty() || is_label_name(text)
+}
+
+fn is_label_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label key: `[PREFIX/]NAME`, the prefix a DNS subdomain (at most 253
+/// characters of dot-separated DNS labels).
+fn is_label_key(key: &str) -> bool {
+    match key.rsplit_once('/') {
+        Some((prefix, name)) => {
+            prefix.len() <= 253 && prefix.split('.').all(is_dns_label) && is_label_name(name)
+        }
+        None => is_label_name(key),
+    }
+}
+
 /// A container port name (IANA service name): at most 15 characters, a
 /// letter among them, no `--`.
 fn is_port_name(text: &str) -> bool {
@@ -283,8 +317,16 @@ impl ServiceRenderer<'_> {
         format!("{}/{file}", self.name)
     }
 
+    /// The service's labels, without Traefik's Docker-provider ones
+    /// (`traefik.*`: configuration the compose target's Traefik reads from
+    /// containers; on Kubernetes, routers and middlewares are CRDs).
     fn labels(&self) -> BTreeMap<String, String> {
-        self.service.labels.clone()
+        self.service
+            .labels
+            .iter()
+            .filter(|(key, _)| !is_docker_provider_label(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
     }
 
     /// `name` + `instance`: what selectors use (never the version).
@@ -325,6 +367,18 @@ impl ServiceRenderer<'_> {
         for mount in self.service.mounts.keys() {
             if !is_dns_label(&format!("host-{mount}")) {
                 return Err(self.error(format!("mount name `{mount}` is not a DNS label")));
+            }
+        }
+        for (key, value) in self.labels() {
+            if !is_label_key(&key) {
+                return Err(self.error(format!(
+                    "label `{key}` is not a Kubernetes label key (an optional DNS-subdomain prefix and `/`, then at most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit)"
+                )));
+            }
+            if !is_label_value(&value) {
+                return Err(self.error(format!(
+                    "label `{key}`: value `{value}` is not a Kubernetes label value (at most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit)"
+                )));
             }
         }
         Ok(())
