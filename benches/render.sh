@@ -29,4 +29,4 @@ test_bin=$(release_test_binary stack_build)
 echo "machine: $(nproc) cores, $(uname -r)"
 KILN_BENCH_STACKS=$stacks KILN_BENCH_SERVICES=$services \
     "$test_bin" --ignored --exact bench_render_stacks --nocapture --quiet 2>&1 |
-    grep -E '^(render|evaluate|total):'
+    grep -E '^(render|evaluate|total)[ :]'
