@@ -25,6 +25,9 @@ command -v sfdisk >/dev/null || need_apt+=(fdisk)
 command -v mkfs.vfat >/dev/null || need_apt+=(dosfstools)
 command -v mcopy >/dev/null || need_apt+=(mtools)
 command -v debugfs >/dev/null || need_apt+=(e2fsprogs)
+# Compose v1 (docker-compose 1.29), what a Debian 12 Docker host runs:
+# the tests check every compose bundle with `docker-compose config`.
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt+=(ovmf)
 if ! command -v qemu-system-x86_64 >/dev/null; then
   need_apt+=(qemu-system-x86)

@@ -667,3 +667,77 @@ fn colliding_network_names_are_refused() {
     let message = format!("{error}: {error:?}");
     assert!(message.contains("x--y--z"), "{message}");
 }
+
+/// `docker-compose config` (Debian 12's Compose v1, 1.29: what the `docker`
+/// module puts on a Docker host) in `dir`: `Err` with its output when it
+/// refuses the bundle.
+fn compose_v1_config(dir: &Path) -> Result<String, String> {
+    let output = std::process::Command::new("docker-compose")
+        .arg("config")
+        .current_dir(dir)
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("docker-compose does not run ({e}): run scripts/setup.sh (apt-get install docker-compose)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn write_bundle(bundle: &Bundle, dir: &Path) {
+    for (path, text) in &bundle.files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// Every library bundle, in every environment, is accepted by the real
+/// Compose v1 the Debian 12 Docker host runs, from a directory not named
+/// after the stack (the project name comes from `.env`); a top-level
+/// `name:` (Compose v2 only) is refused, so the check can fail.
+#[test]
+fn every_library_bundle_passes_docker_compose_v1() {
+    let evaluator = open(&root());
+    let mut checked = 0;
+    for name in library(&root()) {
+        for env in environments(&evaluator, &name) {
+            let bundle = render(&evaluator, &name, env.as_deref());
+            assert!(
+                bundle.files[".env"].contains(&format!(
+                    "\nCOMPOSE_PROJECT_NAME={}\n",
+                    pinned_stack(&evaluator, &name, env.as_deref())
+                        .unwrap()
+                        .stack
+                        .settings
+                        .namespace
+                )),
+                "{name}: .env names the project"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            write_bundle(&bundle, dir.path());
+            if let Err(output) = compose_v1_config(dir.path()) {
+                panic!("{name} (env {env:?}): docker-compose config refused it:\n{output}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "checked {checked} bundles");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = render(&evaluator, "edge", None);
+    write_bundle(&bundle, dir.path());
+    let named = format!("name: edge\n{}", bundle.files["compose.yaml"]);
+    std::fs::write(dir.path().join("compose.yaml"), named).unwrap();
+    let output = compose_v1_config(dir.path()).expect_err("Compose v1 refuses `name:`");
+    assert!(output.contains("'name' does not match"), "{output}");
+}

@@ -48,12 +48,17 @@ pub(super) fn render(
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
     if evaluator.repo.find(DocKind::Stack, &args.stack).is_none() {
-        let hint = crate::suggest::did_you_mean(&args.stack, evaluator.repo.names(DocKind::Stack));
-        printer.fatal(&format!(
-            "no stack named `{}`{}",
-            args.stack,
-            hint.map(|h| format!("; {h}")).unwrap_or_default()
-        ));
+        let names: Vec<&str> = evaluator.repo.names(DocKind::Stack).collect();
+        let hint =
+            crate::suggest::did_you_mean(&args.stack, names.iter().copied()).unwrap_or_else(|| {
+                let list: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
+                if list.is_empty() {
+                    "the repo has no stacks (files in stacks/)".to_owned()
+                } else {
+                    format!("the stacks are {}", list.join(", "))
+                }
+            });
+        printer.fatal(&format!("no stack named `{}`; {hint}", args.stack));
         return Ok(ExitCode::from(1));
     }
     if args.out.exists() && !args.force && !is_empty_dir(&args.out) {

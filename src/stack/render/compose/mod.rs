@@ -49,7 +49,6 @@ pub fn render(pinned: &PinnedStack) -> Result<Bundle, RenderError> {
     let plan = networks::plan(stack).map_err(|c| error(&c.service, c.reason))?;
     let backups = files::backup_policies(stack);
     let mut document = ComposeFile {
-        name: stack.settings.namespace.clone(),
         services: BTreeMap::new(),
         networks: plan.definitions.clone(),
         volumes: BTreeMap::new(),
@@ -426,8 +425,11 @@ fn traefik_labels(
 // Fields in the order a reader looks for them; empty ones left out.
 
 #[derive(Serialize)]
+/// No top-level `name`: Compose v1 (Debian 12's `docker-compose` 1.29)
+/// refuses it. The project name is `COMPOSE_PROJECT_NAME` in `.env`, which
+/// v1 and v2 both read from the project directory, and `--project-name` in
+/// the host's unit.
 struct ComposeFile {
-    name: String,
     services: BTreeMap<String, ComposeService>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     networks: BTreeMap<String, NetworkDefinition>,
