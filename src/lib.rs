@@ -34,6 +34,7 @@
 pub mod archive;
 pub mod build;
 pub mod builders;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod deploy;

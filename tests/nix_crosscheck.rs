@@ -1,6 +1,7 @@
 //! Cross-checks `kiln::store` against the real Nix on this machine: NAR
 //! serialisation (`nix-store --dump`), NAR hashes (`nix-hash`, `nix hash
-//! path`) and Nix base-32 (`nix-hash --to-base32`).
+//! path`), Nix base-32 (`nix-hash --to-base32`) and the ed25519 key format
+//! (`nix key generate-secret`, `nix key convert-secret-to-public`).
 //!
 //! Nix comes from Debian's `nix-bin` (installed by `scripts/setup.sh`); the
 //! commands used need neither a daemon nor a store, so they run as any user.
@@ -262,4 +263,50 @@ fn base32_matches_nix_hash_to_base32() {
             );
         }
     }
+}
+
+/// `nix key …` with the secret key on stdin (never in argv).
+fn nix_key(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command", "key"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `nix key` ({e}); run scripts/setup.sh (nix-bin)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "nix key {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Cache signing keys use Nix's format: a key made by `nix key
+/// generate-secret` is read by kiln, which derives the public key Nix does,
+/// and Nix derives from kiln's secret key the public key kiln prints.
+#[test]
+fn cache_keys_are_interchangeable_with_nix_keys() {
+    use kiln::cache::record::{PublicKey, SecretKey};
+    let from_nix = nix_key(&["generate-secret", "--key-name", "nix-made-1"], "");
+    let parsed = SecretKey::parse(&from_nix).expect("kiln reads a Nix secret key");
+    assert_eq!(parsed.to_text(), from_nix, "and writes it back unchanged");
+    let public = nix_key(&["convert-secret-to-public"], &from_nix);
+    assert_eq!(parsed.public().to_text(), public);
+    assert_eq!(PublicKey::parse(&public).unwrap(), parsed.public());
+
+    let from_kiln = SecretKey::generate("kiln-made-1").unwrap();
+    assert_eq!(
+        nix_key(&["convert-secret-to-public"], &from_kiln.to_text()),
+        from_kiln.public().to_text()
+    );
 }
