@@ -63,6 +63,10 @@ pub struct BuildArgs {
     /// Downloads to run at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_downloads: usize,
+    /// Build only shard I of N (`2/4`): the targets are dealt out
+    /// between N runners the same way on each (see `kiln plan --shard`).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::plan::shard::ShardSpec>,
     /// Print what was built as JSON.
     #[arg(long)]
     pub json: bool,
@@ -344,6 +348,39 @@ fn report_failure(
     }
 }
 
+/// The targets named on the command line, plus every host with `all`,
+/// each given `part` when it names none, and stack targets `env`.
+pub(super) fn expand_targets(
+    evaluator: &Evaluator,
+    named: &[Target],
+    all: bool,
+    part: Option<&str>,
+    env: Option<&str>,
+) -> Vec<Target> {
+    let mut targets = named.to_vec();
+    if all {
+        for name in evaluator.repo.names(crate::config::DocKind::Host) {
+            targets.push(Target {
+                kind: crate::config::DocKind::Host,
+                name: name.to_owned(),
+                part: None,
+            });
+        }
+    }
+    for target in &mut targets {
+        if target.part.is_none() {
+            target.part = part.map(str::to_owned);
+        }
+        if let Some(env) = env
+            && target.kind == crate::config::DocKind::Stack
+            && !target.part.as_deref().is_some_and(|p| p.contains('@'))
+        {
+            target.part = Some(format!("{}@{env}", target.part.as_deref().unwrap_or("")));
+        }
+    }
+    targets
+}
+
 pub(super) fn build(
     evaluator: &Evaluator,
     store: &Store,
@@ -356,34 +393,38 @@ pub(super) fn build(
     let Some(lock) = read_lock(evaluator, args.locked, printer)? else {
         return Ok(ExitCode::from(1));
     };
-    let mut targets = args.targets.clone();
-    if args.all {
-        for name in evaluator.repo.names(crate::config::DocKind::Host) {
-            targets.push(Target {
-                kind: crate::config::DocKind::Host,
-                name: name.to_owned(),
-                part: None,
-            });
-        }
-    }
-    for target in &mut targets {
-        if target.part.is_none() {
-            target.part.clone_from(&args.part);
-        }
-        if let Some(env) = &args.env
-            && target.kind == crate::config::DocKind::Stack
-            && !target.part.as_deref().is_some_and(|p| p.contains('@'))
-        {
-            target.part = Some(format!("{}@{env}", target.part.as_deref().unwrap_or("")));
-        }
-    }
-    let Some(plan) = report_failure(
+    let targets = expand_targets(
+        evaluator,
+        &args.targets,
+        args.all,
+        args.part.as_deref(),
+        args.env.as_deref(),
+    );
+    let Some(mut plan) = report_failure(
         evaluator,
         printer,
         ops::build::plan(evaluator, &targets, false, jobs, &lock),
     ) else {
         return Ok(ExitCode::from(1));
     };
+    if let Some(shard) = args.shard {
+        let mine = plan.shards(shard.count).swap_remove(shard.index - 1);
+        printer.status(&format!(
+            "shard {shard}: {} of {} target{}{}",
+            mine.roots.len(),
+            plan.roots.len(),
+            if plan.roots.len() == 1 { "" } else { "s" },
+            if mine.roots.is_empty() {
+                " (nothing to build: more shards than targets)"
+            } else {
+                ""
+            }
+        ));
+        if mine.roots.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        plan.keep_roots(&mine.roots);
+    }
     let needed = build::needed(store, &plan, args.check);
     if args.offline {
         let mut missing: Vec<String> = needed

@@ -6,6 +6,7 @@
 mod build_cmd;
 mod deploy_cmd;
 mod output;
+mod plan_cmd;
 mod render_cmd;
 
 use std::io::IsTerminal;
@@ -110,6 +111,9 @@ pub enum Command {
     },
     /// Build targets into the store (hosts: their overlay).
     Build(build_cmd::BuildArgs),
+    /// Show the derivation graph of targets (what `kiln build` would
+    /// realise), optionally one CI shard's share (`--shard I/N`).
+    Plan(plan_cmd::PlanArgs),
     /// Print the derivation of a target: the exact bytes that are hashed.
     ShowDerivation {
         /// HOST
@@ -275,6 +279,10 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
         Command::Build(args) => {
             let store = crate::store::Store::open(&store_location(cli))?;
             build_cmd::build(&evaluator, &store, args, printer)
+        }
+        Command::Plan(args) => {
+            let store = crate::store::Store::open(&store_location(cli))?;
+            plan_cmd::plan(&evaluator, &store, args, printer)
         }
         Command::ShowDerivation { target, json } => {
             build_cmd::show_derivation(&evaluator, target, *json, printer)

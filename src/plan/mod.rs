@@ -23,6 +23,7 @@
 //! rootfs and the images built on it.
 
 pub mod derivation;
+pub mod shard;
 
 use std::collections::BTreeMap;
 
