@@ -310,3 +310,49 @@ fn cache_keys_are_interchangeable_with_nix_keys() {
         from_kiln.public().to_text()
     );
 }
+
+/// `kiln cache keygen`: the secret key goes to a new 0600 file and nowhere
+/// else; the public key printed is the one Nix derives from that file; an
+/// existing file is never overwritten.
+#[test]
+fn cache_keygen_writes_a_private_nix_compatible_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cache.sec");
+    let run = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["cache", "keygen", name, "--secret-key-file"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let output = run("cache.home.arpa-1");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let public = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(nix_key(&["convert-secret-to-public"], &secret), public);
+    let secret_part = secret.trim().split_once(':').unwrap().1;
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(secret_part));
+    assert!(public.starts_with("cache.home.arpa-1:"));
+
+    let again = run("cache.home.arpa-1");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), secret, "unchanged");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["cache", "keygen", "bad name", "--secret-key-file"])
+        .arg(dir.path().join("other.sec"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(!dir.path().join("other.sec").exists());
+}

@@ -4,6 +4,7 @@
 //! problem is printed); 2 usage errors (from clap). A panic is a bug.
 
 mod build_cmd;
+mod cache_cmd;
 mod deploy_cmd;
 mod output;
 mod plan_cmd;
@@ -128,6 +129,9 @@ pub enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(build_cmd::StoreCommand),
+    /// Binary cache keys.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
     /// Build hosts if needed, upload their images to Proxmox VE, create or
     /// replace their guests, wait for health and record a generation.
     Deploy(deploy_cmd::DeployArgs),
@@ -212,6 +216,7 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::open(&store_location(cli))?;
             return build_cmd::store_command(&store, command, printer);
         }
+        Command::Cache(command) => return cache_cmd::cache_command(command, printer),
         _ => {}
     }
     let cwd = std::env::current_dir()?;
@@ -306,7 +311,9 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::open(&store_location(cli))?;
             render_cmd::render(&evaluator, &store, args, printer)
         }
-        Command::Store(_) | Command::InternalBuild { .. } => unreachable!("handled above"),
+        Command::Store(_) | Command::Cache(_) | Command::InternalBuild { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
