@@ -1,0 +1,27 @@
+//! The binary cache: where machines share what they built.
+//!
+//! A CI runner pushes each store path it built to object storage; another
+//! machine substitutes it instead of building it again. This module owns the
+//! storage side: [`backend::CacheBackend`] is one type over three backends,
+//! chosen by URL:
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `s3://BUCKET/PREFIX` | any S3-compatible server; endpoint, region and credentials from the `AWS_*` environment variables |
+//! | `file:///ABSOLUTE/PATH` | a directory on this machine (or a mounted share) |
+//! | `memory://` | in process, for tests |
+//!
+//! Objects are named by [`key::CacheKey`]s: relative, `/`-separated, no
+//! `.` or `..`. Cache contents are content-addressed, so uploads are
+//! "put if absent": pushing what is already there succeeds and changes
+//! nothing, and concurrent pushers of the same object are harmless.
+//!
+//! All three backends pass the same conformance suite
+//! (`tests/cache_conformance.rs`; S3 against a `moto` server on loopback).
+//! Signed records and push/pull are built on top of this (not yet).
+
+pub mod backend;
+pub mod key;
+
+pub use backend::{CacheBackend, CacheError, Stored};
+pub use key::{BadKey, CacheKey};
