@@ -22,6 +22,7 @@
 //! | [`store`] | store paths, Nix base32, NAR hashing, validity records, locks, verify, gc |
 //! | [`build`] | the scheduler, the hermetic builder process, `--explain`, `--check` |
 //! | [`builders`] | one module per builder (`overlay`, `fetch`, `debian-index`, `lxc`, `vm` with its `seed`; `source` is built in) |
+//! | [`cache`] | binary cache: storage (one backend type over S3, a directory and memory, chosen by URL), signed records and keys |
 //! | [`archive`] | reproducible `.tar.zst` packing of a root filesystem, safe unpacking of rootfs tarballs |
 //! | [`proxmox`] | Proxmox VE's published API schema, and checking request parameters against it |
 //! | [`stack`] | the typed service model of stacks, its defaults with provenance, the secret lint, pinning images from the lock |

@@ -1,0 +1,526 @@
+//! One conformance suite for every binary-cache backend: `memory://`,
+//! `file://` (a temporary directory) and `s3://` against a real
+//! S3-protocol server, moto (PyPI, installed by scripts/setup.sh), that
+//! each S3 test starts on a free loopback port.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::cache::{CacheBackend, CacheError, CacheKey, Stored};
+use sha2::{Digest, Sha256};
+
+fn key(text: &str) -> CacheKey {
+    CacheKey::new(text).unwrap()
+}
+
+/// What differs between backends in what the suite may assert.
+struct Expect {
+    /// Whether "put if absent" is atomic, so that of concurrent pushers
+    /// exactly one creates the object (otherwise: at least one).
+    atomic_create: bool,
+}
+
+/// The suite. Run on an empty cache.
+fn conformance(cache: &CacheBackend, expect: &Expect) {
+    absent_keys(cache);
+    round_trip(cache);
+    put_if_absent_is_idempotent(cache);
+    concurrent_pushers(cache, expect);
+    large_objects_stream(cache);
+    list_by_prefix(cache);
+    delete(cache);
+    bad_keys_are_refused();
+}
+
+fn absent_keys(cache: &CacheBackend) {
+    let absent = key("absent/nothing.narinfo");
+    assert_eq!(cache.get(&absent).unwrap(), None);
+    assert_eq!(cache.size(&absent).unwrap(), None);
+    assert!(!cache.exists(&absent).unwrap());
+    let mut sink = Vec::new();
+    assert_eq!(cache.get_to(&absent, &mut sink).unwrap(), None);
+    assert!(sink.is_empty());
+}
+
+fn round_trip(cache: &CacheBackend) {
+    let record = key("round-trip/x.narinfo");
+    cache.put(&record, &b"first"[..]).unwrap();
+    assert_eq!(cache.get(&record).unwrap().as_deref(), Some(&b"first"[..]));
+    // `put` overwrites (records); `put_if_absent` never does.
+    cache.put(&record, &b"second"[..]).unwrap();
+    assert_eq!(cache.get(&record).unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(cache.size(&record).unwrap(), Some(6));
+    assert!(cache.exists(&record).unwrap());
+    let empty = key("round-trip/empty");
+    assert_eq!(
+        cache.put_if_absent(&empty, Vec::new()).unwrap(),
+        Stored::Created
+    );
+    assert_eq!(cache.get(&empty).unwrap().as_deref(), Some(&b""[..]));
+}
+
+fn put_if_absent_is_idempotent(cache: &CacheBackend) {
+    let nar = key("idempotent/abc.nar.zst");
+    assert_eq!(
+        cache.put_if_absent(&nar, &b"the contents"[..]).unwrap(),
+        Stored::Created
+    );
+    assert_eq!(
+        cache.put_if_absent(&nar, &b"the contents"[..]).unwrap(),
+        Stored::AlreadyPresent
+    );
+    // Different bytes under the same key must not replace the object.
+    assert_eq!(
+        cache.put_if_absent(&nar, &b"other bytes!"[..]).unwrap(),
+        Stored::AlreadyPresent
+    );
+    assert_eq!(
+        cache.get(&nar).unwrap().as_deref(),
+        Some(&b"the contents"[..])
+    );
+    // A small streamed upload takes the same path.
+    let small = key("idempotent/small");
+    let mut reader = &b"streamed"[..];
+    assert_eq!(
+        cache.put_if_absent_from(&small, &mut reader).unwrap(),
+        Stored::Created
+    );
+    let mut reader = &b"changed!"[..];
+    assert_eq!(
+        cache.put_if_absent_from(&small, &mut reader).unwrap(),
+        Stored::AlreadyPresent
+    );
+    assert_eq!(
+        cache.get(&small).unwrap().as_deref(),
+        Some(&b"streamed"[..])
+    );
+}
+
+fn concurrent_pushers(cache: &CacheBackend, expect: &Expect) {
+    let nar = key("concurrent/one.nar");
+    let contents: Vec<u8> = Generator::new(1).take_bytes(1 << 20);
+    let results: Vec<Result<Stored, CacheError>> = std::thread::scope(|scope| {
+        let pushers: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| cache.put_if_absent(&nar, contents.clone())))
+            .collect();
+        pushers.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let created = results
+        .iter()
+        .map(|r| r.as_ref().map_err(ToString::to_string).unwrap())
+        .filter(|stored| **stored == Stored::Created)
+        .count();
+    if expect.atomic_create {
+        assert_eq!(created, 1, "{results:?}");
+    } else {
+        assert!(created >= 1, "{results:?}");
+    }
+    assert_eq!(
+        cache.list(Some(&key("concurrent"))).unwrap(),
+        vec![nar.clone()]
+    );
+    assert_eq!(cache.get(&nar).unwrap().as_deref(), Some(&contents[..]));
+}
+
+fn large_objects_stream(cache: &CacheBackend) {
+    const SIZE: u64 = 64 << 20;
+    let nar = key("large/big.nar");
+    let mut reader = HashingReader::new(Generator::new(7).take(SIZE));
+    assert_eq!(
+        cache.put_if_absent_from(&nar, &mut reader).unwrap(),
+        Stored::Created
+    );
+    assert_eq!(reader.count, SIZE);
+    let uploaded = reader.hasher.finalize();
+    assert_eq!(cache.size(&nar).unwrap(), Some(SIZE));
+
+    let mut writer = HashingWriter::default();
+    assert_eq!(cache.get_to(&nar, &mut writer).unwrap(), Some(SIZE));
+    assert_eq!(writer.count, SIZE);
+    assert_eq!(writer.hasher.finalize(), uploaded);
+
+    // Already there: not uploaded again (and only the first part is read).
+    let mut again = HashingReader::new(Generator::new(7).take(SIZE));
+    assert_eq!(
+        cache.put_if_absent_from(&nar, &mut again).unwrap(),
+        Stored::AlreadyPresent
+    );
+    assert!(again.count < SIZE);
+}
+
+fn list_by_prefix(cache: &CacheBackend) {
+    for name in [
+        "listing/nar/a",
+        "listing/nar/b",
+        "listing/narinfo/c",
+        "listing/x.narinfo",
+    ] {
+        cache
+            .put_if_absent(&key(name), name.as_bytes().to_vec())
+            .unwrap();
+    }
+    assert_eq!(
+        cache.list(Some(&key("listing/nar"))).unwrap(),
+        vec![key("listing/nar/a"), key("listing/nar/b")]
+    );
+    assert_eq!(cache.list(Some(&key("listing"))).unwrap().len(), 4);
+    assert_eq!(cache.list(Some(&key("listing/none"))).unwrap(), vec![]);
+    assert!(
+        cache
+            .list(None)
+            .unwrap()
+            .contains(&key("listing/x.narinfo"))
+    );
+}
+
+fn delete(cache: &CacheBackend) {
+    let doomed = key("delete/me");
+    cache.put_if_absent(&doomed, &b"x"[..]).unwrap();
+    cache.delete(&doomed).unwrap();
+    assert_eq!(cache.get(&doomed).unwrap(), None);
+    // Deleting what is not there succeeds.
+    cache.delete(&doomed).unwrap();
+    // And the key is free again.
+    assert_eq!(
+        cache.put_if_absent(&doomed, &b"y"[..]).unwrap(),
+        Stored::Created
+    );
+}
+
+fn bad_keys_are_refused() {
+    for bad in ["", "/abs", "../up", "a/../b", "a//b", "a/", "a b", "a\\b"] {
+        assert!(CacheKey::new(bad).is_err(), "{bad:?} was accepted");
+    }
+}
+
+#[test]
+fn memory() {
+    let cache = CacheBackend::open_with_env("memory://", []).unwrap();
+    conformance(
+        &cache,
+        &Expect {
+            atomic_create: true,
+        },
+    );
+}
+
+#[test]
+fn directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let cache = CacheBackend::open_with_env(&format!("file://{}", root.display()), []).unwrap();
+    conformance(
+        &cache,
+        &Expect {
+            atomic_create: true,
+        },
+    );
+    // Objects are plain files under the directory, named by their keys.
+    assert_eq!(
+        std::fs::read(root.join("idempotent/abc.nar.zst")).unwrap(),
+        b"the contents"
+    );
+}
+
+#[test]
+fn s3() {
+    let Some(moto) = Moto::start(&[]) else { return };
+    moto.create_bucket("kiln-cache");
+    // Under a prefix, as a shared bucket would be used.
+    let cache = CacheBackend::open_with_env("s3://kiln-cache/ci/cache", moto.env()).unwrap();
+    conformance(
+        &cache,
+        &Expect {
+            atomic_create: false,
+        },
+    );
+    // The prefix holds everything; nothing leaked to the bucket's root.
+    let whole = CacheBackend::open_with_env("s3://kiln-cache", moto.env()).unwrap();
+    let keys = whole.list(None).unwrap();
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter().all(|k| k.as_str().starts_with("ci/cache/")),
+        "{keys:?}"
+    );
+}
+
+/// Servers without conditional writes: "put if absent" falls back to
+/// HEAD, then PUT, and the suite still holds.
+#[test]
+fn s3_without_conditional_put() {
+    let Some(moto) = Moto::start(&[]) else { return };
+    moto.create_bucket("kiln-cache");
+    let mut env = moto.env();
+    env.push(("AWS_CONDITIONAL_PUT".into(), "disabled".into()));
+    let cache = CacheBackend::open_with_env("s3://kiln-cache", env).unwrap();
+    conformance(
+        &cache,
+        &Expect {
+            atomic_create: false,
+        },
+    );
+}
+
+#[test]
+fn s3_missing_bucket_is_named() {
+    let Some(moto) = Moto::start(&[]) else { return };
+    let error = CacheBackend::open_with_env("s3://no-such-bucket/x", moto.env()).unwrap_err();
+    assert!(
+        matches!(error, CacheError::BucketNotFound { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with("s3://no-such-bucket/x: bucket \"no-such-bucket\" not found"),
+        "{message}"
+    );
+    assert!(message.contains("hint: create it"), "{message}");
+    assert!(!message.contains(SECRET), "{message}");
+}
+
+#[test]
+fn s3_rejected_credentials_are_named() {
+    // With authentication on and no IAM users, every key is unknown.
+    let Some(moto) = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
+        return;
+    };
+    let error = CacheBackend::open_with_env("s3://kiln-cache", moto.env()).unwrap_err();
+    assert!(
+        matches!(error, CacheError::CredentialsRejected { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("the credentials were rejected"),
+        "{message}"
+    );
+    assert!(
+        message.contains("hint: check AWS_ACCESS_KEY_ID"),
+        "{message}"
+    );
+    assert!(!message.contains(SECRET), "{message}");
+}
+
+#[test]
+fn s3_unreachable_endpoint_is_named() {
+    // Needs no server: nothing listens on the port.
+    let port = free_port();
+    let env = vec![
+        (
+            "AWS_ENDPOINT_URL".to_owned(),
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), SECRET.to_owned()),
+        ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+    ];
+    let error = CacheBackend::open_with_env("s3://kiln-cache", env).unwrap_err();
+    assert!(matches!(error, CacheError::Unreachable { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("hint: check AWS_ENDPOINT_URL"),
+        "{error}"
+    );
+}
+
+const SECRET: &str = "not-a-real-secret-key";
+
+/// A moto S3 server on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    /// Start moto with `env`; `None` (with a notice) when it is not
+    /// installed and `KILN_SKIP_PYPI_TOOLS=1`.
+    fn start(env: &[(&str, &str)]) -> Option<Moto> {
+        let program = moto_server()?;
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let mut moto = Moto {
+            child,
+            port,
+            _log: log,
+        };
+        moto.wait_until_ready();
+        Some(moto)
+    }
+
+    /// Poll until moto answers HTTP (it takes a second or two to import).
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.request("GET", "/").is_some() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self._log.path()).unwrap_or_default();
+                panic!("moto_server exited ({status}) before it was ready:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server not ready after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send an unsigned request (moto accepts them with auth off); the
+    /// status line, or `None` when nothing answers.
+    fn request(&self, method: &str, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.lines().next().map(str::to_owned)
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let status = self.request("PUT", &format!("/{bucket}")).unwrap();
+        assert!(status.contains(" 200 "), "create bucket {bucket}: {status}");
+    }
+
+    /// The environment a CI runner would set for this server.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT_URL".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `moto_server`: `${KILN_TOOLS:-/opt/kiln-tools}/moto` or PATH. `None`
+/// (with a notice) only when `KILN_SKIP_PYPI_TOOLS=1`; absent otherwise is
+/// a failure telling how to install it.
+fn moto_server() -> Option<PathBuf> {
+    let tools = std::env::var_os("KILN_TOOLS")
+        .map_or_else(|| PathBuf::from("/opt/kiln-tools"), PathBuf::from);
+    let venv = tools.join("moto/bin/moto_server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    if common::have("moto_server") {
+        return Some(PathBuf::from("moto_server"));
+    }
+    if std::env::var("KILN_SKIP_PYPI_TOOLS").as_deref() == Ok("1") {
+        common::notice("SKIPPED: moto_server is not installed (KILN_SKIP_PYPI_TOOLS=1)");
+        return None;
+    }
+    panic!(
+        "moto_server is not installed (looked in {} and on PATH): run scripts/setup.sh \
+         (or scripts/setup-validators.sh), or set KILN_SKIP_PYPI_TOOLS=1 to skip",
+        venv.display()
+    );
+}
+
+/// A port nothing listens on (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Deterministic bytes that do not repeat in any short period (xorshift64).
+struct Generator(u64);
+
+impl Generator {
+    fn new(seed: u64) -> Generator {
+        Generator(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn take_bytes(mut self, count: usize) -> Vec<u8> {
+        let mut bytes = vec![0; count];
+        self.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+}
+
+impl Read for Generator {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        for chunk in buffer.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(buffer.len())
+    }
+}
+
+/// Counts and hashes what is read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        self.count += read as u64;
+        Ok(read)
+    }
+}
+
+/// Counts and hashes what is written to it.
+#[derive(Default)]
+struct HashingWriter {
+    hasher: Sha256,
+    count: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buffer);
+        self.count += buffer.len() as u64;
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
