@@ -58,7 +58,7 @@ pub enum RecordError {
     #[error("{path}: the record is not signed")]
     Unsigned { path: String },
     #[error(
-        "{path}: signed only by keys that are not trusted ({names}); trust a key by adding its public key to the cache's `trusted_keys`"
+        "{path}: signed only by keys that are not trusted ({names}); trust a key by giving its public key (NAME:BASE64) to the machine that pulls"
     )]
     Untrusted { path: String, names: String },
     #[error(
