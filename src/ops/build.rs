@@ -182,6 +182,20 @@ fn disk_format(image: &ImageSpec) -> Option<&'static str> {
     }
 }
 
+/// A stack that does not evaluate or pin, as a planning failure.
+fn stack_failure(target: &str, failure: super::render::RenderFailure) -> PlanFailure {
+    match failure {
+        super::render::RenderFailure::Eval(failure) => PlanFailure::Eval(failure),
+        super::render::RenderFailure::Unpinned(diagnostics) => {
+            PlanFailure::Eval(EvalFailure::Invalid(diagnostics))
+        }
+        other => PlanFailure::Stack {
+            target: target.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 /// Evaluate the targets (every host with `all`) and plan their derivations,
 /// evaluating up to `jobs` hosts at once.
 ///
@@ -334,19 +348,8 @@ pub fn plan(
 
     let mut plan = Plan::default();
     for (name, render_target, env, target) in &stacks {
-        let stack =
-            super::render::pinned_stack(evaluator, name, env.as_deref()).map_err(|failure| {
-                match failure {
-                    super::render::RenderFailure::Eval(failure) => PlanFailure::Eval(failure),
-                    super::render::RenderFailure::Unpinned(diagnostics) => {
-                        PlanFailure::Eval(EvalFailure::Invalid(diagnostics))
-                    }
-                    other => PlanFailure::Stack {
-                        target: target.clone(),
-                        reason: other.to_string(),
-                    },
-                }
-            })?;
+        let stack = super::render::pinned_stack(evaluator, name, env.as_deref())
+            .map_err(|failure| stack_failure(target, failure))?;
         let wanted: Vec<render::Target> = match render_target {
             Some(one) => vec![*one],
             None => stack
@@ -382,19 +385,8 @@ pub fn plan(
                 continue;
             }
             let target = format!("stack:{name}");
-            let stack =
-                super::render::pinned_stack(evaluator, name, None).map_err(
-                    |failure| match failure {
-                        super::render::RenderFailure::Eval(failure) => PlanFailure::Eval(failure),
-                        super::render::RenderFailure::Unpinned(diagnostics) => {
-                            PlanFailure::Eval(EvalFailure::Invalid(diagnostics))
-                        }
-                        other => PlanFailure::Stack {
-                            target: target.clone(),
-                            reason: other.to_string(),
-                        },
-                    },
-                )?;
+            let stack = super::render::pinned_stack(evaluator, name, None)
+                .map_err(|failure| stack_failure(&target, failure))?;
             if !stack.stack.targets.iter().any(|t| t == "compose") {
                 continue;
             }
