@@ -195,3 +195,96 @@ fn tampering_is_refused_and_registers_nothing() {
     let cache = CacheBackend::open("memory://").unwrap();
     check(&cache, &[key.public()], "not in the cache");
 }
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--color", "never"])
+        .args(args)
+        .env_remove("KILN_TRUSTED_KEYS")
+        .env_remove("KILN_CACHE_SECRET_KEY_FILE")
+        .output()
+        .unwrap()
+}
+
+/// The commands: keygen, push a closure, pull it into another store; pull
+/// refuses without a trusted key, and with the wrong one.
+#[test]
+fn kiln_cache_push_and_pull_through_a_directory_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, paths) = store_a(dir.path());
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let url = format!("file://{}", cache.display());
+    let secret = dir.path().join("k.sec");
+    let out = kiln(&[
+        "cache",
+        "keygen",
+        "t-1",
+        "--secret-key-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let a_root = a.root().to_str().unwrap().to_owned();
+    let image = a.real_path(&paths[2]);
+    let out = kiln(&[
+        "--store",
+        &a_root,
+        "cache",
+        "push",
+        "--to",
+        &url,
+        "--secret-key-file",
+        secret.to_str().unwrap(),
+        image.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["paths"].as_array().unwrap().len(), 3);
+
+    let b = dir.path().join("b");
+    let b_root = b.to_str().unwrap();
+    let name = paths[2].to_string();
+    let out = kiln(&["--store", b_root, "cache", "pull", "--from", &url, &name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no trusted keys"));
+    let other = SecretKey::generate("t-1").unwrap().public().to_text();
+    let out = kiln(&[
+        "--store",
+        b_root,
+        "cache",
+        "pull",
+        "--from",
+        &url,
+        "--trusted-key",
+        &other,
+        &name,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+    let out = kiln(&[
+        "--store",
+        b_root,
+        "cache",
+        "pull",
+        "--from",
+        &url,
+        "--trusted-key",
+        &public,
+        &name,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = Store::open(&b).unwrap();
+    for path in &paths {
+        assert_eq!(nar_of(&b, path), nar_of(&a, path));
+    }
+}
