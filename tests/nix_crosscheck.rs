@@ -1,7 +1,8 @@
 //! Cross-checks `kiln::store` against the real Nix on this machine: NAR
 //! serialisation (`nix-store --dump`), NAR hashes (`nix-hash`, `nix hash
 //! path`), Nix base-32 (`nix-hash --to-base32`) and the ed25519 key format
-//! (`nix key generate-secret`, `nix key convert-secret-to-public`).
+//! (`nix key generate-secret`, `nix key convert-secret-to-public`), and
+//! restoring NARs (`nix-store --restore`).
 //!
 //! Nix comes from Debian's `nix-bin` (installed by `scripts/setup.sh`); the
 //! commands used need neither a daemon nor a store, so they run as any user.
@@ -355,4 +356,36 @@ fn cache_keygen_writes_a_private_nix_compatible_key() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(!dir.path().join("other.sec").exists());
+}
+
+/// Restoring: what `nix-store --dump` writes, kiln restores to a tree whose
+/// NAR is the same bytes; what kiln dumps, `nix-store --restore` restores to
+/// a tree Nix dumps to the same bytes.
+#[test]
+fn restore_agrees_with_nix_store_restore_both_ways() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    for (index, root) in roots(dir.path()).into_iter().enumerate() {
+        let from_nix = nix("nix-store", &[OsStr::new("--dump"), root.as_os_str()]);
+        let ours = dir.path().join(format!("kiln-restored-{index}"));
+        let hash = kiln::store::unnar::restore(from_nix.as_slice(), &ours)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()));
+        assert_eq!(hash.size, from_nix.len() as u64);
+        assert_eq!(hash, nar::hash(&root).unwrap(), "{}", root.display());
+        let mut again = Vec::new();
+        nar::dump(&ours, &mut again).unwrap();
+        assert_eq!(again, from_nix, "{}", root.display());
+
+        let theirs = dir.path().join(format!("nix-restored-{index}"));
+        let mut child = Command::new("nix-store")
+            .arg("--restore")
+            .arg(&theirs)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nix-store --restore");
+        child.stdin.take().unwrap().write_all(&again).unwrap();
+        assert!(child.wait().unwrap().success());
+        let redumped = nix("nix-store", &[OsStr::new("--dump"), theirs.as_os_str()]);
+        assert_eq!(redumped, from_nix, "{}", root.display());
+    }
 }

@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod key;
 pub mod record;
+pub mod transfer;
 
 pub use backend::{CacheBackend, CacheError, Stored};
 pub use key::{BadKey, CacheKey};

@@ -1,4 +1,4 @@
-//! `kiln cache …`: binary cache keys (push and pull come next).
+//! `kiln cache …`: binary cache keys, push and pull.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::output::Printer;
-use crate::cache::record::SecretKey;
+use crate::cache::CacheBackend;
+use crate::cache::record::{PublicKey, SecretKey};
+use crate::cache::transfer::{self, Outcome};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -25,10 +27,60 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Upload store paths and everything they refer to, signed: each
+    /// path's zstd NAR archive and its record. Paths already in the cache
+    /// are skipped; pushing is safe to repeat and to run concurrently.
+    Push {
+        /// The cache: `s3://BUCKET/PREFIX`, `file:///PATH`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The secret signing key (`kiln cache keygen`); never on the
+        /// command line itself.
+        #[arg(long, value_name = "FILE", env = "KILN_CACHE_SECRET_KEY_FILE")]
+        secret_key_file: PathBuf,
+        /// Store paths or result links.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download store paths and everything they refer to into the store,
+    /// verifying each record's signature against the trusted keys and each
+    /// archive against its record; nothing unverified is registered.
+    Pull {
+        /// The cache: `s3://BUCKET/PREFIX`, `file:///PATH`.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// A trusted public key (`NAME:BASE64`); repeat for several. Also
+        /// read from `KILN_TRUSTED_KEYS` (space-separated).
+        #[arg(long = "trusted-key", value_name = "KEY")]
+        trusted_keys: Vec<String>,
+        /// Store paths (`/…/store/HASH-NAME` or `HASH-NAME`).
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub(super) fn cache_command(command: &CacheCommand, printer: &Printer) -> anyhow::Result<ExitCode> {
+pub(super) fn cache_command(
+    command: &CacheCommand,
+    store_location: &std::path::Path,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
     match command {
+        CacheCommand::Push {
+            to,
+            secret_key_file,
+            paths,
+            json,
+        } => push(store_location, to, secret_key_file, paths, *json, printer),
+        CacheCommand::Pull {
+            from,
+            trusted_keys,
+            paths,
+            json,
+        } => pull(store_location, from, trusted_keys, paths, *json, printer),
         CacheCommand::Keygen {
             name,
             secret_key_file,
@@ -97,4 +149,149 @@ pub(super) fn cache_command(command: &CacheCommand, printer: &Printer) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn push(
+    store_location: &std::path::Path,
+    url: &str,
+    secret_key_file: &std::path::Path,
+    paths: &[String],
+    json: bool,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::store::Store::open(store_location)?;
+    let key = match transfer::read_secret_key(secret_key_file) {
+        Ok(key) => key,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut roots = Vec::new();
+    for text in paths {
+        match store.parse_path(text) {
+            Ok(path) => roots.push(path),
+            Err(error) => {
+                printer.fatal(&error.to_string());
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let cache = match CacheBackend::open(url) {
+        Ok(cache) => cache,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let result = transfer::push_closure(&store, &cache, &key, &roots, |path, outcome| {
+        if outcome == Outcome::Transferred {
+            printer.status(&format!("pushed {path}"));
+        }
+    });
+    report(result, "pushed", "already in the cache", url, json, printer)
+}
+
+fn pull(
+    store_location: &std::path::Path,
+    url: &str,
+    keys: &[String],
+    paths: &[String],
+    json: bool,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::store::Store::open(store_location)?;
+    let from_env = std::env::var("KILN_TRUSTED_KEYS").unwrap_or_default();
+    let mut trusted = Vec::new();
+    for text in keys
+        .iter()
+        .map(String::as_str)
+        .chain(from_env.split_whitespace())
+    {
+        match PublicKey::parse(text) {
+            Ok(key) => trusted.push(key),
+            Err(error) => {
+                printer.fatal(&format!("trusted key `{text}`: {error}"));
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    if trusted.is_empty() {
+        printer.fatal(
+            "no trusted keys: pass --trusted-key NAME:BASE64 (or set KILN_TRUSTED_KEYS); kiln pulls nothing it cannot verify",
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let cache = match CacheBackend::open(url) {
+        Ok(cache) => cache,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut done = Vec::new();
+    for text in paths {
+        let path = match store.parse_path(text) {
+            Ok(path) => path,
+            Err(error) => {
+                printer.fatal(&error.to_string());
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let mut pulled = Vec::new();
+        let outcome = transfer::pull(&store, &cache, &trusted, &path, &mut |p, o| {
+            printer.status(&format!("pulled {p}"));
+            pulled.push((p.clone(), o));
+        });
+        match outcome {
+            Ok(outcome) => {
+                if outcome == Outcome::Transferred {
+                    printer.status(&format!("pulled {path}"));
+                }
+                done.extend(pulled);
+                done.push((path, outcome));
+            }
+            Err(error) => return report(Err(error), "", "", url, json, printer),
+        }
+    }
+    report(Ok(done), "pulled", "already valid", url, json, printer)
+}
+
+fn report(
+    result: Result<Vec<(crate::store::path::StorePath, Outcome)>, transfer::TransferError>,
+    verb: &str,
+    skipped: &str,
+    url: &str,
+    json: bool,
+    printer: &Printer,
+) -> anyhow::Result<ExitCode> {
+    let done = match result {
+        Ok(done) => done,
+        Err(error) => {
+            printer.fatal(&error.to_string());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let moved = done
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Transferred)
+        .count();
+    if json {
+        printer.json(&serde_json::json!({
+            "kind": "cache-transfer",
+            "version": 1,
+            "cache": url,
+            "paths": done.iter().map(|(p, o)| serde_json::json!({
+                "path": p.to_string(),
+                "transferred": *o == Outcome::Transferred,
+            })).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        printer.status(&format!(
+            "{verb} {moved} path{}, {} {skipped} ({url})",
+            if moved == 1 { "" } else { "s" },
+            done.len() - moved
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -129,7 +129,7 @@ pub enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(build_cmd::StoreCommand),
-    /// Binary cache keys.
+    /// The binary cache: keys, push, pull.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCommand),
     /// Build hosts if needed, upload their images to Proxmox VE, create or
@@ -216,7 +216,9 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::open(&store_location(cli))?;
             return build_cmd::store_command(&store, command, printer);
         }
-        Command::Cache(command) => return cache_cmd::cache_command(command, printer),
+        Command::Cache(command) => {
+            return cache_cmd::cache_command(command, &store_location(cli), printer);
+        }
         _ => {}
     }
     let cwd = std::env::current_dir()?;

@@ -24,6 +24,7 @@
 pub mod nar;
 pub mod nixbase32;
 pub mod path;
+pub mod unnar;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
