@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A moto S3 server for the binary-cache tests.
+pub(crate) mod moto;
+
 /// The repo root (where Cargo.toml is).
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
