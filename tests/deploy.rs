@@ -78,7 +78,7 @@ impl Repo {
         let repo = Repo { dir, root };
         let served = repo.dir.path().join("served");
         std::fs::create_dir_all(&served).unwrap();
-        let tarball = rootfs_tarball(&served);
+        let tarball = common::rootfs_tarball(&served);
         repo.write(
             "images/mini.toml",
             &format!(
@@ -124,34 +124,6 @@ impl Repo {
     fn state(&self) -> PathBuf {
         self.dir.path().join("state/kiln")
     }
-}
-
-fn rootfs_tarball(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    for sub in ["sbin", "bin", "usr/lib", "etc", "tmp", "root", "dev", "var"] {
-        std::fs::create_dir_all(tree.join(sub)).unwrap();
-    }
-    for (path, contents) in [
-        ("usr/lib/os-release", "ID=debian\nVERSION_ID=\"12\"\n"),
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-        ("etc/group", "root:x:0:\n"),
-        ("etc/shadow", "root:*:::::::\n"),
-        ("etc/gshadow", "root:*::\n"),
-    ] {
-        std::fs::write(tree.join(path), contents).unwrap();
-    }
-    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
-    let out = dir.join("mini.tar.gz");
-    let status = Command::new("tar")
-        .arg("-czf")
-        .arg(&out)
-        .arg("-C")
-        .arg(&tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
 }
 
 fn write_marker(path: &Path, marker: &[u8]) {

@@ -11,6 +11,7 @@
 mod explain;
 mod run;
 pub mod sandbox;
+pub mod substitute;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 pub use explain::explain;
 pub use run::{BuilderError, run_builder};
+pub use substitute::{Decision, Substituters, decide};
 
 use crate::builders::fetch::BUILDER as FETCH;
 use crate::fetch::{FetchOptions, FetchProgress, Fetcher, NoProgress};
@@ -43,6 +45,9 @@ pub struct BuildOptions {
     /// How downloads (fetch derivations) are made; `parallel` bounds how
     /// many run at once, independently of `jobs`.
     pub fetch: FetchOptions,
+    /// The binary caches to substitute from before building (none: build
+    /// everything).
+    pub substituters: Option<std::sync::Arc<Substituters>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,14 @@ pub enum BuildError {
         /// `(name, reason)` for each failed download.
         failures: Vec<(String, String)>,
     },
+    #[error("substituting {name}: {source}")]
+    Substitute {
+        name: String,
+        #[source]
+        source: Box<crate::cache::transfer::TransferError>,
+    },
+    #[error("asking the binary caches: {0}")]
+    Query(#[source] Box<crate::cache::transfer::TransferError>),
     #[error("cannot start the builder for {name}: {source}")]
     Spawn {
         name: String,
@@ -76,6 +89,8 @@ pub enum Status {
     Valid,
     /// Built (or waited for another process that built it).
     Built,
+    /// Fetched from a binary cache and verified instead of built.
+    Substituted { from: String },
     /// Rebuilt with --check: identical.
     CheckedSame,
     /// Rebuilt with --check: differs.
@@ -98,7 +113,15 @@ pub trait Progress: Sync {
     /// How many derivations this run will build.
     fn planned(&self, total: usize);
     fn started(&self, derivation: &Derivation);
+    /// A derivation's output is being fetched from the cache `from`.
+    fn substituting(&self, derivation: &Derivation, from: &str) {
+        let _ = (derivation, from);
+    }
     fn finished(&self, realised: &Realised);
+    /// Something the user should see that does not stop the build.
+    fn warning(&self, message: &str) {
+        let _ = message;
+    }
     /// Where download progress goes (bytes, rates) while fetch derivations
     /// run.
     fn downloads(&self) -> &dyn FetchProgress {
@@ -141,25 +164,51 @@ struct Queue {
     failed: Option<BuildError>,
 }
 
-/// Realise the plan. Returns one entry per derivation of the roots'
-/// closure (valid ones included), in completion order.
+/// Realise the plan: substitute what the caches have, build the rest.
+/// Returns one entry per derivation substituted or built, plus the roots
+/// that were already valid, in completion order.
 pub fn build(
     store: &Store,
     plan: &Plan,
     options: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Realised>, BuildError> {
+    let decision = decide(
+        store,
+        plan,
+        options.check,
+        options.substituters.as_deref(),
+        &|message| progress.warning(message),
+    )
+    .map_err(|e| BuildError::Query(Box::new(e)))?;
+    build_decided(store, plan, &decision, options, progress)
+}
+
+/// Realise the plan as `decision` (from [`decide`]) says.
+pub fn build_decided(
+    store: &Store,
+    plan: &Plan,
+    decision: &Decision,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Realised>, BuildError> {
     let _gc = store.gc_lock(false)?;
-    let mut todo: BTreeSet<DrvHash> = needed(store, plan, options.check).into_iter().collect();
-    progress.planned(todo.len());
+    progress.planned(decision.build.len() + decision.substitute.len());
+    let substituted = substitute_all(store, plan, decision, options, progress)?;
+    let mut todo: BTreeSet<DrvHash> = decision.build.iter().cloned().collect();
     // Downloads first, all of them (several at once), then the builders.
     let fetches: Vec<DrvHash> = todo
         .iter()
         .filter(|h| plan.derivations[*h].builder == FETCH)
         .cloned()
         .collect();
-    let fetched = fetch_all(store, plan, &fetches, options, progress)?;
-    let needed = todo.clone();
+    let mut fetched = fetch_all(store, plan, &fetches, options, progress)?;
+    fetched.splice(0..0, substituted);
+    let needed: BTreeSet<DrvHash> = todo
+        .iter()
+        .cloned()
+        .chain(decision.substitute.iter().map(|(h, _)| h.clone()))
+        .collect();
     for hash in &fetches {
         todo.remove(hash);
     }
@@ -285,6 +334,78 @@ fn worker(
             }
         }
         wake.notify_all();
+    }
+}
+
+/// Pull the outputs `decision` substitutes, `options.fetch.parallel` at
+/// a time; the first failure stops the rest (nothing unverified is
+/// registered).
+fn substitute_all(
+    store: &Store,
+    plan: &Plan,
+    decision: &Decision,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Realised>, BuildError> {
+    let Some(substituters) = options.substituters.as_deref() else {
+        return Ok(Vec::new());
+    };
+    if decision.substitute.is_empty() {
+        return Ok(Vec::new());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = Mutex::new((Vec::new(), None));
+    let workers = options.fetch.parallel.clamp(1, decision.substitute.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Some((hash, cache)) = decision
+                    .substitute
+                    .get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    if results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .1
+                        .is_some()
+                    {
+                        return;
+                    }
+                    let derivation = &plan.derivations[hash];
+                    let from = substituters.caches[*cache].url().to_owned();
+                    progress.substituting(derivation, &from);
+                    let started = Instant::now();
+                    let path = plan.output(hash);
+                    let outcome = substitute::pull(store, substituters, *cache, path, &mut |_| {});
+                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                    match outcome {
+                        Ok(_) => {
+                            let realised = Realised {
+                                name: derivation.name.clone(),
+                                builder: derivation.builder.clone(),
+                                drv: hash.clone(),
+                                path: path.clone(),
+                                status: Status::Substituted { from },
+                                seconds: started.elapsed().as_secs_f64(),
+                            };
+                            progress.finished(&realised);
+                            results.0.push(realised);
+                        }
+                        Err(error) => {
+                            results.1.get_or_insert(BuildError::Substitute {
+                                name: derivation.name.clone(),
+                                source: Box::new(error),
+                            });
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (done, failed) = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(done),
     }
 }
 

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use clap::{Args, Subcommand};
 
 use super::output::Printer;
-use crate::build::{self, BuildOptions, Progress, Realised, Status};
+use crate::build::{self, BuildOptions, Progress, Realised, Status, Substituters};
+use crate::config::settings::{self, CacheConfig, CacheOverrides};
 use crate::eval::Evaluator;
 use crate::fetch::FetchProgress;
 use crate::ops::{self, Target};
@@ -63,6 +64,18 @@ pub struct BuildArgs {
     /// Downloads to run at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_downloads: usize,
+    /// Substitute from this binary cache (`s3://BUCKET/PREFIX`,
+    /// `file:///PATH`) instead of those in kiln.toml or
+    /// `KILN_SUBSTITUTERS`; repeat for several, tried in order.
+    #[arg(long = "substituter", value_name = "URL")]
+    pub substituters: Vec<String>,
+    /// Trust signatures by this public key (`NAME:BASE64`), besides those
+    /// in kiln.toml and `KILN_TRUSTED_KEYS`; repeat for several.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Build everything here: ask no binary cache.
+    #[arg(long, conflicts_with = "substituters")]
+    pub no_substitute: bool,
     /// Build only shard I of N (`2/4`): the targets are dealt out
     /// between N runners the same way on each (see `kiln plan --shard`).
     #[arg(long, value_name = "I/N")]
@@ -207,6 +220,21 @@ impl Progress for BuildProgress<'_> {
         }
     }
 
+    fn substituting(&self, derivation: &crate::plan::Derivation, from: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.running.push(derivation.name.clone());
+        if self.live.is_some() {
+            self.redraw(&state);
+        } else {
+            self.printer
+                .status(&format!("substituting {} from {from}", derivation.name));
+        }
+    }
+
+    fn warning(&self, message: &str) {
+        self.say(message);
+    }
+
     fn finished(&self, realised: &Realised) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.running.retain(|n| *n != realised.name);
@@ -221,6 +249,12 @@ impl Progress for BuildProgress<'_> {
                 } else {
                     "built"
                 },
+                realised.name,
+                realised.seconds,
+                path.display()
+            ),
+            Status::Substituted { from } => format!(
+                "substituted {} from {from} in {:.2}s: {}",
                 realised.name,
                 realised.seconds,
                 path.display()
@@ -330,6 +364,66 @@ fn read_lock(
     Ok(Some(lock))
 }
 
+/// The binary caches a build substitutes from: kiln.toml's `[cache]`,
+/// replaced or added to by the environment and the command line
+/// ([`CacheConfig::resolve`]). With `offline`, only caches on this machine
+/// (`file://`). A cache that cannot be opened is reported and skipped, as
+/// one that cannot be reached is. `Err(exit code)` after printing why the
+/// configuration is wrong.
+pub(super) fn open_substituters(
+    repo: &Path,
+    overrides: &CacheOverrides,
+    offline: bool,
+    printer: &Printer,
+) -> Result<Option<Arc<Substituters>>, ExitCode> {
+    let settings = match settings::load(repo) {
+        Ok(settings) => settings,
+        Err(error) => {
+            for diagnostic in &error.diagnostics {
+                printer.diagnostic(diagnostic, &error.sources);
+            }
+            printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
+            return Err(ExitCode::from(1));
+        }
+    };
+    let config = match CacheConfig::resolve(&settings.cache, overrides) {
+        Ok(config) => config,
+        Err(message) => {
+            printer.fatal(&message);
+            return Err(ExitCode::from(1));
+        }
+    };
+    if !config.substituters.is_empty() && config.trusted_keys.is_empty() {
+        printer.fatal(&format!(
+            "substituters are configured ({}) but no key is trusted, so nothing from them could be used\n  \
+             hint: add the cache's public key to `trusted_keys` under [cache] in kiln.toml (or KILN_TRUSTED_KEYS, \
+             or --trusted-key), or build without caches with --no-substitute",
+            config.substituters.join(", ")
+        ));
+        return Err(ExitCode::from(1));
+    }
+    let mut caches = Vec::new();
+    for url in &config.substituters {
+        if offline && !url.starts_with("file://") {
+            printer.status(&format!("--offline: not substituting from {url}"));
+            continue;
+        }
+        match crate::cache::CacheBackend::open(url) {
+            Ok(cache) => caches.push(cache),
+            Err(error) => printer.status(&format!(
+                "warning: not substituting from {url}: {error}\n  (building instead what it would have given)"
+            )),
+        }
+    }
+    if caches.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Substituters::new(
+        caches,
+        config.trusted_keys,
+    ))))
+}
+
 /// The plan, or `None` after printing why there is none.
 fn report_failure(
     evaluator: &Evaluator,
@@ -425,7 +519,34 @@ pub(super) fn build(
         }
         plan.keep_roots(&mine.roots);
     }
-    let needed = build::needed(store, &plan, args.check);
+    let overrides = CacheOverrides {
+        substituters: args.substituters.clone(),
+        env_substituters: std::env::var("KILN_SUBSTITUTERS").ok(),
+        trusted_keys: args.trusted_keys.clone(),
+        env_trusted_keys: std::env::var("KILN_TRUSTED_KEYS").ok(),
+        disabled: args.no_substitute,
+    };
+    let substituters =
+        match open_substituters(&evaluator.repo.root, &overrides, args.offline, printer) {
+            Ok(substituters) => substituters,
+            Err(code) => return Ok(code),
+        };
+    let decision = match build::decide(
+        store,
+        &plan,
+        args.check,
+        substituters.as_deref(),
+        &|message| printer.status(message),
+    ) {
+        Ok(decision) => decision,
+        Err(error) => {
+            printer.fatal(&format!(
+                "asking the binary caches: {error}\n  (nothing was fetched or built; `--no-substitute` builds without caches)"
+            ));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let needed = &decision.build;
     if args.offline {
         let mut missing: Vec<String> = needed
             .iter()
@@ -457,20 +578,53 @@ pub(super) fn build(
         }
     }
     if args.dry_run || args.explain {
-        for hash in &needed {
+        let from = |cache: usize| {
+            substituters
+                .as_ref()
+                .map_or(String::new(), |s| s.caches[cache].url().to_owned())
+        };
+        let mut actions = Vec::new();
+        for (hash, cache) in &decision.substitute {
+            let path = store.real_path(plan.output(hash));
+            if !args.json {
+                printer.line(&format!(
+                    "would substitute {} from {}",
+                    path.display(),
+                    from(*cache)
+                ))?;
+            }
+            let derivation = &plan.derivations[hash];
+            actions.push(serde_json::json!({
+                "name": derivation.name, "builder": derivation.builder, "drv": hash,
+                "path": path, "action": "substitute", "from": from(*cache),
+            }));
+        }
+        for hash in needed {
             let derivation = &plan.derivations[hash];
             let path = store.real_path(plan.output(hash));
-            let line = if derivation.builder == crate::builders::fetch::BUILDER {
-                format!(
-                    "would fetch {} from {}",
-                    path.display(),
-                    crate::builders::fetch::first_url(derivation).unwrap_or_default()
+            let (action, line) = if derivation.builder == crate::builders::fetch::BUILDER {
+                let url = crate::builders::fetch::first_url(derivation).unwrap_or_default();
+                (
+                    "fetch",
+                    format!("would fetch {} from {url}", path.display()),
                 )
             } else if derivation.is_fixed_output() {
-                format!("would copy {}", path.display())
+                ("copy", format!("would copy {}", path.display()))
+            } else if args.check && plan.roots.iter().any(|(_, h)| h == hash) {
+                (
+                    "check",
+                    format!("would rebuild and compare {}", path.display()),
+                )
             } else {
-                format!("would build {}", path.display())
+                ("build", format!("would build {}", path.display()))
             };
+            actions.push(serde_json::json!({
+                "name": derivation.name, "builder": derivation.builder, "drv": hash,
+                "path": path, "action": action,
+            }));
+            if args.json {
+                continue;
+            }
             printer.line(&line)?;
             if args.explain {
                 for reason in build::explain(store, derivation) {
@@ -478,10 +632,34 @@ pub(super) fn build(
                 }
             }
         }
-        if needed.is_empty() {
+        if decision.is_empty() {
             printer.status("nothing to build: every output is valid");
         }
         if args.dry_run {
+            if args.json {
+                let targets: Vec<serde_json::Value> = plan
+                    .roots
+                    .iter()
+                    .map(|(target, hash)| {
+                        let action = if decision.build.contains(hash) {
+                            if args.check { "check" } else { "build" }
+                        } else if decision.substitute.iter().any(|(h, _)| h == hash) {
+                            "substitute"
+                        } else {
+                            "valid"
+                        };
+                        serde_json::json!({
+                            "target": target.to_string(), "drv": hash,
+                            "path": store.real_path(plan.output(hash)), "action": action,
+                        })
+                    })
+                    .collect();
+                printer.json(&serde_json::json!({
+                    "kind": "build-dry-run", "version": 1,
+                    "substituters": substituters.as_ref().map_or(Vec::new(), |s| s.caches.iter().map(|c| c.url().to_owned()).collect()),
+                    "targets": targets, "derivations": actions,
+                }))?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -497,12 +675,22 @@ pub(super) fn build(
             parallel: args.max_downloads.max(1),
             ..crate::fetch::FetchOptions::default()
         },
+        substituters,
     };
-    let Some(results) = realise(store, &plan, &options, printer) else {
+    let Some(results) = realise(store, &plan, &decision, &options, printer) else {
         return Ok(ExitCode::from(1));
     };
     let built = results.iter().filter(|r| r.status == Status::Built).count();
-    if built == 0 && !args.check {
+    let substituted = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Substituted { .. }))
+        .count();
+    if substituted > 0 {
+        printer.status(&format!(
+            "substituted {substituted} output{} from binary caches; built {built}",
+            if substituted == 1 { "" } else { "s" },
+        ));
+    } else if built == 0 && !args.check {
         printer.status(&format!(
             "nothing to build: {} target{} already built",
             plan.roots.len(),
@@ -561,6 +749,7 @@ pub(super) fn build(
 fn realise(
     store: &Store,
     plan: &crate::plan::Plan,
+    decision: &build::Decision,
     options: &BuildOptions,
     printer: &Printer,
 ) -> Option<Vec<Realised>> {
@@ -570,7 +759,7 @@ fn realise(
         ));
     }
     let progress = BuildProgress::new(printer, store.root());
-    let results = build::build(store, plan, options, &progress);
+    let results = build::build_decided(store, plan, decision, options, &progress);
     progress.clear();
     match results {
         Ok(results) => Some(results),
@@ -617,11 +806,33 @@ pub(super) fn build_for(
         repo: evaluator.repo.root.clone(),
         kiln: std::env::current_exe()?,
         fetch: crate::fetch::FetchOptions::default(),
+        substituters: None,
     };
     if build::needed(store, &plan, false).is_empty() {
         return Ok(Some(plan));
     }
-    Ok(realise(store, &plan, &options, printer).map(|_| plan))
+    let overrides = CacheOverrides {
+        env_substituters: std::env::var("KILN_SUBSTITUTERS").ok(),
+        env_trusted_keys: std::env::var("KILN_TRUSTED_KEYS").ok(),
+        ..CacheOverrides::default()
+    };
+    let options = match open_substituters(&evaluator.repo.root, &overrides, false, printer) {
+        Ok(substituters) => BuildOptions {
+            substituters,
+            ..options
+        },
+        Err(_) => return Ok(None),
+    };
+    let decision = match build::decide(store, &plan, false, options.substituters.as_deref(), &|m| {
+        printer.status(m)
+    }) {
+        Ok(decision) => decision,
+        Err(error) => {
+            printer.fatal(&format!("asking the binary caches: {error}"));
+            return Ok(None);
+        }
+    };
+    Ok(realise(store, &plan, &decision, &options, printer).map(|_| plan))
 }
 
 /// Plan `targets` without building: the store paths the repo builds now.

@@ -9,8 +9,9 @@ use clap::Subcommand;
 
 use super::output::Printer;
 use crate::cache::CacheBackend;
-use crate::cache::record::{PublicKey, SecretKey};
+use crate::cache::record::SecretKey;
 use crate::cache::transfer::{self, Outcome};
+use crate::config::settings;
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -52,7 +53,8 @@ pub enum CacheCommand {
         #[arg(long, value_name = "URL")]
         from: String,
         /// A trusted public key (`NAME:BASE64`); repeat for several. Also
-        /// read from `KILN_TRUSTED_KEYS` (space-separated).
+        /// read from `KILN_TRUSTED_KEYS` (space-separated) and, inside a
+        /// repo, from `trusted_keys` under [cache] in kiln.toml.
         #[arg(long = "trusted-key", value_name = "KEY")]
         trusted_keys: Vec<String>,
         /// Store paths (`/…/store/HASH-NAME` or `HASH-NAME`).
@@ -66,6 +68,7 @@ pub enum CacheCommand {
 pub(super) fn cache_command(
     command: &CacheCommand,
     store_location: &std::path::Path,
+    repo: Option<&std::path::Path>,
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
     match command {
@@ -80,7 +83,15 @@ pub(super) fn cache_command(
             trusted_keys,
             paths,
             json,
-        } => pull(store_location, from, trusted_keys, paths, *json, printer),
+        } => pull(
+            store_location,
+            repo,
+            from,
+            trusted_keys,
+            paths,
+            *json,
+            printer,
+        ),
         CacheCommand::Keygen {
             name,
             secret_key_file,
@@ -194,6 +205,7 @@ fn push(
 
 fn pull(
     store_location: &std::path::Path,
+    repo: Option<&std::path::Path>,
     url: &str,
     keys: &[String],
     paths: &[String],
@@ -201,24 +213,36 @@ fn pull(
     printer: &Printer,
 ) -> anyhow::Result<ExitCode> {
     let store = crate::store::Store::open(store_location)?;
-    let from_env = std::env::var("KILN_TRUSTED_KEYS").unwrap_or_default();
-    let mut trusted = Vec::new();
-    for text in keys
-        .iter()
-        .map(String::as_str)
-        .chain(from_env.split_whitespace())
-    {
-        match PublicKey::parse(text) {
-            Ok(key) => trusted.push(key),
+    // kiln.toml's trusted keys too, when run inside a repo.
+    let settings = match repo {
+        Some(root) => match settings::load(root) {
+            Ok(settings) => settings,
             Err(error) => {
-                printer.fatal(&format!("trusted key `{text}`: {error}"));
+                for diagnostic in &error.diagnostics {
+                    printer.diagnostic(diagnostic, &error.sources);
+                }
+                printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
                 return Ok(ExitCode::from(1));
             }
+        },
+        None => settings::Settings::default(),
+    };
+    let overrides = settings::CacheOverrides {
+        trusted_keys: keys.to_vec(),
+        env_trusted_keys: std::env::var("KILN_TRUSTED_KEYS").ok(),
+        disabled: true,
+        ..settings::CacheOverrides::default()
+    };
+    let trusted = match settings::CacheConfig::resolve(&settings.cache, &overrides) {
+        Ok(config) => config.trusted_keys,
+        Err(message) => {
+            printer.fatal(&message);
+            return Ok(ExitCode::from(1));
         }
-    }
+    };
     if trusted.is_empty() {
         printer.fatal(
-            "no trusted keys: pass --trusted-key NAME:BASE64 (or set KILN_TRUSTED_KEYS); kiln pulls nothing it cannot verify",
+            "no trusted keys: pass --trusted-key NAME:BASE64 (or set KILN_TRUSTED_KEYS, or `trusted_keys` under [cache] in kiln.toml); kiln pulls nothing it cannot verify",
         );
         return Ok(ExitCode::from(1));
     }

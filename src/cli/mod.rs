@@ -217,7 +217,19 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             return build_cmd::store_command(&store, command, printer);
         }
         Command::Cache(command) => {
-            return cache_cmd::cache_command(command, &store_location(cli), printer);
+            // Inside a repo, kiln.toml's [cache] settings apply.
+            let repo = match &cli.repo {
+                Some(dir) => Some(dir.clone()),
+                None => std::env::current_dir()
+                    .ok()
+                    .and_then(|cwd| crate::config::discover_root(&cwd).ok()),
+            };
+            return cache_cmd::cache_command(
+                command,
+                &store_location(cli),
+                repo.as_deref(),
+                printer,
+            );
         }
         _ => {}
     }
@@ -226,12 +238,24 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
     let sources = &evaluator.repo.sources;
     match &cli.command {
         Command::Check => {
+            // kiln.toml first: its problems would stop any build.
+            let settings = crate::config::settings::load(&evaluator.repo.root);
+            if let Err(error) = &settings {
+                for diagnostic in &error.diagnostics {
+                    printer.diagnostic(diagnostic, &error.sources);
+                }
+            }
             let report = ops::check(&evaluator);
             for diagnostic in &report.diagnostics {
                 printer.diagnostic(diagnostic, sources);
             }
-            printer.check_summary(&report, sources);
-            Ok(exit(report.ok()))
+            if let Err(error) = &settings {
+                printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
+            }
+            if settings.is_ok() || !report.ok() {
+                printer.check_summary(&report, sources);
+            }
+            Ok(exit(report.ok() && settings.is_ok()))
         }
         Command::Eval { target, env, .. }
             if env.is_some() && target.kind != crate::config::DocKind::Stack =>

@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod imports;
 mod load;
 pub mod node;
+pub mod settings;
 pub mod source;
 
 use std::collections::BTreeMap;

@@ -139,3 +139,33 @@ pub(crate) fn limited(privileges: &[String]) -> kiln::proxmox::sim::SimConfig {
         ..SimConfig::default()
     }
 }
+
+/// A minimal Debian-like root filesystem as `DIR/mini.tar.gz` (an LXC
+/// image base for tests that build hosts without the Debian mirror).
+pub(crate) fn rootfs_tarball(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    for sub in ["sbin", "bin", "usr/lib", "etc", "tmp", "root", "dev", "var"] {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+    }
+    for (path, contents) in [
+        ("usr/lib/os-release", "ID=debian\nVERSION_ID=\"12\"\n"),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:::::::\n"),
+        ("etc/gshadow", "root:*::\n"),
+    ] {
+        std::fs::write(tree.join(path), contents).unwrap();
+    }
+    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
+    let out = dir.join("mini.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
