@@ -252,9 +252,10 @@ fn run(cli: &Cli, printer: &mut Printer) -> anyhow::Result<ExitCode> {
             if let Err(error) = &settings {
                 printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
             }
-            if settings.is_ok() || !report.ok() {
-                printer.check_summary(&report, sources);
-            }
+            let settings_errors = settings
+                .as_ref()
+                .map_or_else(|e| e.diagnostics.len(), |_| 0);
+            printer.check_summary(&report, sources, settings_errors);
             Ok(exit(report.ok() && settings.is_ok()))
         }
         Command::Eval { target, env, .. }

@@ -123,19 +123,26 @@ impl Printer {
         }
     }
 
-    pub(super) fn check_summary(&self, report: &CheckReport, sources: &Sources) {
+    /// The summary of `kiln check`; `other_errors` were found outside the
+    /// report (in kiln.toml) and already counted for humans.
+    pub(super) fn check_summary(
+        &self,
+        report: &CheckReport,
+        sources: &Sources,
+        other_errors: usize,
+    ) {
         match self.format {
             MessageFormat::Json => {
                 let line = serde_json::json!({
-                    "kind": "check", "version": 1, "ok": report.ok(),
-                    "errors": report.diagnostics.len(),
+                    "kind": "check", "version": 1, "ok": report.ok() && other_errors == 0,
+                    "errors": report.diagnostics.len() + other_errors,
                     "hosts": report.hosts, "images": report.images,
                     "stacks": report.stacks, "modules": report.modules,
                 });
                 let _ = self.stdout(&format!("{line}\n"));
             }
             MessageFormat::Human => {
-                if report.ok() {
+                if report.ok() && other_errors == 0 {
                     if !self.quiet {
                         let _ = self.stdout(&format!(
                             "ok: {} host{}, {} image{}, {} stack{}, {} module{}\n",
@@ -149,7 +156,7 @@ impl Printer {
                             plural(report.modules),
                         ));
                     }
-                } else {
+                } else if !report.ok() {
                     self.error_count(report.diagnostics.len(), sources, &report.diagnostics);
                 }
             }
