@@ -303,6 +303,169 @@ fn s3_rejected_credentials_are_named() {
     assert!(!message.contains(SECRET), "{message}");
 }
 
+/// A home directory with `~/.aws/credentials` and `~/.aws/config`, and
+/// the environment that uses it: `HOME` and `AWS_PROFILE` only.
+struct AwsHome {
+    dir: tempfile::TempDir,
+}
+
+impl AwsHome {
+    fn new() -> AwsHome {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".aws")).unwrap();
+        AwsHome { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(".aws").join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).unwrap();
+    }
+
+    fn env(&self, profile: &str) -> Vec<(String, String)> {
+        vec![
+            ("HOME".into(), self.dir.path().display().to_string()),
+            ("AWS_PROFILE".into(), profile.into()),
+        ]
+    }
+}
+
+/// Credentials and endpoint from the profile `AWS_PROFILE` names, and
+/// nothing else: moto checks signatures here, so a wrong secret in the
+/// profile is rejected and the right one works.
+#[test]
+fn s3_credentials_and_endpoint_from_a_profile() {
+    let Some(moto) = Moto::start(&[]) else { return };
+    moto.create_bucket("kiln-cache");
+    let (key_id, secret) = moto.create_s3_user("kiln-ci");
+    moto.require_auth();
+
+    let home = AwsHome::new();
+    home.write(
+        "config",
+        &format!(
+            "# written by the test\n\
+             [default]\n\
+             endpoint_url = http://127.0.0.1:{0}\n\
+             \n\
+             [profile ci]\n\
+             region = us-east-1\n\
+             endpoint_url = http://127.0.0.1:{0}\n",
+            moto.port
+        ),
+    );
+    let wrong = "not-the-secret-of-this-key";
+    home.write(
+        "credentials",
+        &format!("[ci]\naws_access_key_id = {key_id}\naws_secret_access_key = {wrong}\n"),
+    );
+    let error = CacheBackend::open_with_env("s3://kiln-cache/ci", home.env("ci")).unwrap_err();
+    assert!(
+        matches!(error, CacheError::CredentialsRejected { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("the credentials were rejected (SignatureDoesNotMatch)"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "hint: check aws_access_key_id, aws_secret_access_key and aws_session_token of \
+             AWS profile \"ci\" in {}",
+            home.path("credentials").display()
+        )),
+        "{message}"
+    );
+    assert!(!message.contains(wrong) && !format!("{error:?}").contains(wrong));
+
+    home.write(
+        "credentials",
+        &format!(
+            "[default]\n\
+             aws_access_key_id = {key_id}\n\
+             aws_secret_access_key = {wrong}\n\
+             [ci]\n\
+             aws_access_key_id = {key_id} ; the moto user's\n\
+             aws_secret_access_key = {secret}\n"
+        ),
+    );
+    let cache = CacheBackend::open_with_env("s3://kiln-cache/ci", home.env("ci")).unwrap();
+    let record = key("profile/x.narinfo");
+    assert_eq!(
+        cache
+            .put_if_absent(&record, &b"from a profile"[..])
+            .unwrap(),
+        Stored::Created
+    );
+    assert_eq!(
+        cache.get(&record).unwrap().as_deref(),
+        Some(&b"from a profile"[..])
+    );
+    assert_eq!(cache.list(None).unwrap(), vec![record]);
+    assert!(!format!("{cache:?}").contains(&secret));
+
+    // The variables win over the profile: wrong ones are rejected, and
+    // the hint names them.
+    let mut env = home.env("ci");
+    env.push(("AWS_ACCESS_KEY_ID".into(), key_id.clone()));
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), wrong.into()));
+    let message = CacheBackend::open_with_env("s3://kiln-cache/ci", env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("hint: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"),
+        "{message}"
+    );
+    // And so would the default profile's (wrong) secret.
+    let error = CacheBackend::open_with_env("s3://kiln-cache/ci", home.env("default")).unwrap_err();
+    assert!(
+        matches!(error, CacheError::CredentialsRejected { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn s3_missing_profile_is_named() {
+    // Needs no server: the profile is looked up before any request.
+    let home = AwsHome::new();
+    home.write(
+        "credentials",
+        &format!("[default]\naws_access_key_id = testing\naws_secret_access_key = {SECRET}\n"),
+    );
+    let error = CacheBackend::open_with_env("s3://kiln-cache/x", home.env("ci")).unwrap_err();
+    assert!(matches!(error, CacheError::Profile { .. }), "{error:?}");
+    let message = error.to_string();
+    assert_eq!(
+        message,
+        format!(
+            "s3://kiln-cache/x: AWS profile \"ci\" (AWS_PROFILE) not found: looked for [ci] in \
+             {} and [profile ci] in {} (no such file)\n  \
+             hint: create it (`aws configure --profile ci`), set AWS_PROFILE to a profile that \
+             exists, or unset it",
+            home.path("credentials").display(),
+            home.path("config").display()
+        )
+    );
+    assert!(!message.contains(SECRET), "{message}");
+
+    // A malformed file is named with its line, and never quoted.
+    home.write("config", &format!("[profile ci]\nregion = x\n{SECRET}\n"));
+    let message = CacheBackend::open_with_env("s3://kiln-cache/x", home.env("ci"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        format!(
+            "s3://kiln-cache/x: {}:3: expected `name = value`, a [section] header or a \
+             comment (AWS config file)",
+            home.path("config").display()
+        )
+    );
+}
+
 #[test]
 fn s3_unreachable_endpoint_is_named() {
     // Needs no server: nothing listens on the port.

@@ -22,7 +22,9 @@
 //!
 //! Opening an `s3://` cache makes one LIST request, so a wrong bucket,
 //! rejected credentials or an unreachable endpoint fail at once, with a
-//! hint, rather than on the first push.
+//! hint, rather than on the first push. Its settings come from the
+//! `AWS_*` environment variables and the AWS profile (see
+//! [`super::aws_profile`]); the hints name whichever was used.
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -42,6 +44,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
+use super::aws_profile::{self, ProfileError, Sources};
 use super::key::{BadKey, CacheKey};
 
 /// Parts of a streamed upload, and the threshold above which an upload
@@ -70,7 +73,8 @@ pub enum Stored {
 }
 
 /// A failed cache operation. Every variant names the cache URL (which never
-/// holds credentials: they come from the environment).
+/// holds credentials: they come from the environment or an AWS profile),
+/// and none shows a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error(
@@ -91,18 +95,30 @@ pub enum CacheError {
         url: String,
         source: Box<object_store::Error>,
     },
+    #[error("{url}: {source}")]
+    Profile { url: String, source: ProfileError },
     #[error("cannot start the cache's async runtime: {0}")]
     Runtime(io::Error),
     #[error(
         "{url}: bucket {bucket:?} not found\n  \
-         hint: create it, or check the bucket name and the endpoint (AWS_ENDPOINT_URL)"
+         hint: create it, or check the bucket name and the endpoint ({endpoint_from})"
     )]
-    BucketNotFound { url: String, bucket: String },
+    BucketNotFound {
+        url: String,
+        bucket: String,
+        /// Where the endpoint was set, e.g. `AWS_ENDPOINT_URL`.
+        endpoint_from: String,
+    },
     #[error(
         "{url}: the credentials were rejected ({detail})\n  \
-         hint: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN"
+         hint: check {credentials_from}"
     )]
-    CredentialsRejected { url: String, detail: String },
+    CredentialsRejected {
+        url: String,
+        detail: String,
+        /// Where the credentials came from: the variables or a profile.
+        credentials_from: String,
+    },
     #[error(
         "{url}: access denied to {key:?} ({detail})\n  \
          hint: the credentials are valid but lack permission on this bucket or prefix"
@@ -114,9 +130,14 @@ pub enum CacheError {
     },
     #[error(
         "{url}: the endpoint is unreachable ({detail})\n  \
-         hint: check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), that the server runs, and the network"
+         hint: check {endpoint_from}, that the server runs, and the network"
     )]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        url: String,
+        detail: String,
+        /// Where the endpoint was set, e.g. `AWS_ENDPOINT_URL`.
+        endpoint_from: String,
+    },
     #[error("{url}: {operation} {key:?}: {source}")]
     Storage {
         url: String,
@@ -138,7 +159,7 @@ pub enum CacheError {
 enum Kind {
     Memory,
     Directory,
-    S3 { bucket: String },
+    S3 { bucket: String, sources: Sources },
 }
 
 /// A binary cache's object storage. See the module documentation.
@@ -167,8 +188,11 @@ impl CacheBackend {
     /// configures the client: `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`,
     /// `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`,
-    /// `AWS_CONDITIONAL_PUT`, …. Plain `http://` is allowed by itself for a
-    /// loopback endpoint. `AWS_PROFILE` (shared config files) is not read.
+    /// `AWS_CONDITIONAL_PUT`, …. The AWS profile (`AWS_PROFILE`, default
+    /// `default`, from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE`,
+    /// default under `$HOME/.aws`) supplies the credentials, region and
+    /// endpoint the variables do not; `HOME` is `env`'s too. Plain
+    /// `http://` is allowed by itself for a loopback endpoint.
     pub fn open_with_env(
         url: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -183,7 +207,7 @@ impl CacheBackend {
             return Err(CacheError::BadUrl {
                 url: format!("{}://…", parsed.scheme()),
                 reason: "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
-                         AWS_SECRET_ACCESS_KEY in the environment"
+                         AWS_SECRET_ACCESS_KEY in the environment, or use an AWS profile"
                     .to_owned(),
             });
         }
@@ -239,7 +263,14 @@ impl CacheBackend {
                     .ok_or_else(|| bad("no bucket (write s3://BUCKET/PREFIX)"))?
                     .to_owned();
                 let prefix = parsed.path().trim_matches('/');
-                let s3 = s3_builder(&bucket, env)
+                let settings =
+                    aws_profile::resolve(env.into_iter().collect()).map_err(|source| {
+                        CacheError::Profile {
+                            url: url.to_owned(),
+                            source,
+                        }
+                    })?;
+                let s3 = s3_builder(&bucket, settings.vars)
                     .build()
                     .map_err(|source| CacheError::Setup {
                         url: url.to_owned(),
@@ -253,7 +284,8 @@ impl CacheBackend {
                         .map_err(|e| bad(&format!("bad prefix: {}", e.reason)))?;
                     Arc::new(PrefixStore::new(s3, prefix.as_str()))
                 };
-                (Kind::S3 { bucket }, store)
+                let sources = settings.sources;
+                (Kind::S3 { bucket, sources }, store)
             }
             other => return Err(bad(&format!("unknown scheme {other:?}"))),
         };
@@ -531,16 +563,23 @@ impl CacheBackend {
         let url = self.url.clone();
         let text = error_chain(&error);
         let code = s3_error_code(&text);
-        if let Kind::S3 { bucket } = &self.kind {
+        let mut credentials_from = aws_profile::ENV_CREDENTIALS.to_owned();
+        if let Kind::S3 { bucket, sources } = &self.kind {
             if code.as_deref() == Some("NoSuchBucket") {
                 return CacheError::BucketNotFound {
                     url,
                     bucket: bucket.clone(),
+                    endpoint_from: sources.endpoint.clone(),
                 };
             }
             if let Some(detail) = connection_failure(&error) {
-                return CacheError::Unreachable { url, detail };
+                return CacheError::Unreachable {
+                    url,
+                    detail,
+                    endpoint_from: sources.endpoint.clone(),
+                };
             }
+            credentials_from.clone_from(&sources.credentials);
         }
         let rejected = [
             "InvalidAccessKeyId",
@@ -550,12 +589,17 @@ impl CacheBackend {
         ];
         match (&error, code) {
             (_, Some(code)) if rejected.contains(&code.as_str()) => {
-                CacheError::CredentialsRejected { url, detail: code }
+                CacheError::CredentialsRejected {
+                    url,
+                    detail: code,
+                    credentials_from,
+                }
             }
             (object_store::Error::Unauthenticated { .. }, code) => {
                 CacheError::CredentialsRejected {
                     url,
                     detail: code.unwrap_or_else(|| "401 Unauthorized".to_owned()),
+                    credentials_from,
                 }
             }
             (object_store::Error::PermissionDenied { .. }, code) => CacheError::AccessDenied {
@@ -583,7 +627,7 @@ impl CacheBackend {
 }
 
 /// The S3 client for `bucket`, configured from the `AWS_*` variables.
-fn s3_builder(bucket: &str, env: impl IntoIterator<Item = (String, String)>) -> AmazonS3Builder {
+fn s3_builder(bucket: &str, env: Vec<(String, String)>) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::new();
     for (name, value) in env {
         if let Some(rest) = name.strip_prefix("AWS_")

@@ -7,7 +7,7 @@
 //!
 //! | URL | backend |
 //! |---|---|
-//! | `s3://BUCKET/PREFIX` | any S3-compatible server; endpoint, region and credentials from the `AWS_*` environment variables |
+//! | `s3://BUCKET/PREFIX` | any S3-compatible server; endpoint, region and credentials from the `AWS_*` environment variables or an AWS profile |
 //! | `file:///ABSOLUTE/PATH` | a directory on this machine (or a mounted share) |
 //! | `memory://` | in process, for tests |
 //!
@@ -22,10 +22,12 @@
 //! small signed record, and the ed25519 keys that sign it. Push, pull and
 //! substitution are built on these (not yet).
 
+mod aws_profile;
 pub mod backend;
 pub mod key;
 pub mod record;
 pub mod transfer;
 
+pub use aws_profile::{FileKind, ProfileError};
 pub use backend::{CacheBackend, CacheError, Stored};
 pub use key::{BadKey, CacheKey};

@@ -62,16 +62,108 @@ impl Moto {
     /// Send an unsigned request (moto accepts them with auth off); the
     /// status line, or `None` when nothing answers.
     pub(crate) fn request(&self, method: &str, path: &str) -> Option<String> {
+        self.exchange(method, path, &[], "")
+            .map(|(status, _)| status)
+    }
+
+    /// Send a request with extra `headers` and `body`; the status line and
+    /// the body, or `None` when nothing answers.
+    pub(crate) fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(String, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .ok()?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.port,
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
-        response.lines().next().map(str::to_owned)
+        let status = response.lines().next()?.to_owned();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_owned();
+        Some((status, body))
+    }
+
+    /// Call IAM action `action` with `params`, unsigned (so before
+    /// [`Moto::require_auth`]); the response body.
+    fn iam(&self, action: &str, params: &[(&str, &str)]) -> String {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", action)
+            .append_pair("Version", "2010-05-08")
+            .extend_pairs(params)
+            .finish();
+        // moto picks the service from the credential scope, unchecked
+        // while authentication is off.
+        let authorization = "AWS4-HMAC-SHA256 \
+            Credential=setup/20260101/us-east-1/iam/aws4_request, \
+            SignedHeaders=host, Signature=0";
+        let (status, response) = self
+            .exchange(
+                "POST",
+                "/",
+                &[
+                    ("Authorization", authorization),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                &body,
+            )
+            .unwrap();
+        assert!(
+            status.contains(" 200 "),
+            "IAM {action}: {status}\n{response}"
+        );
+        response
+    }
+
+    /// An IAM user `name` allowed everything on S3, and an access key for
+    /// it: (access key id, secret access key). Call before
+    /// [`Moto::require_auth`].
+    pub(crate) fn create_s3_user(&self, name: &str) -> (String, String) {
+        self.iam("CreateUser", &[("UserName", name)]);
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
+        self.iam(
+            "PutUserPolicy",
+            &[
+                ("UserName", name),
+                ("PolicyName", "s3"),
+                ("PolicyDocument", policy),
+            ],
+        );
+        let response = self.iam("CreateAccessKey", &[("UserName", name)]);
+        let element = |tag: &str| {
+            let start = response.find(&format!("<{tag}>")).unwrap() + tag.len() + 2;
+            let end = start + response[start..].find(&format!("</{tag}>")).unwrap();
+            response[start..end].to_owned()
+        };
+        (element("AccessKeyId"), element("SecretAccessKey"))
+    }
+
+    /// From now on, moto checks every request's signature against its IAM
+    /// users' keys, and their permissions (as `INITIAL_NO_AUTH_ACTION_COUNT=0`
+    /// does from the start).
+    pub(crate) fn require_auth(&self) {
+        let (status, body) = self
+            .exchange(
+                "POST",
+                "/moto-api/reset-auth",
+                &[("Content-Type", "text/plain")],
+                "0",
+            )
+            .unwrap();
+        assert!(status.contains(" 200 "), "reset-auth: {status}\n{body}");
     }
 
     pub(crate) fn create_bucket(&self, bucket: &str) {
