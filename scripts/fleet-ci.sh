@@ -66,9 +66,9 @@ for shard in 1 2; do
   (
     cd "$work"
     kiln --repo "$OLDPWD" --store "$work/runner$shard" build --all --shard "$shard/2" \
-      --locked --no-substitute -o "runner$shard"
+      --locked --no-substitute -o "result$shard"
     shopt -s nullglob
-    links=("runner$shard"*)
+    links=("result$shard"*)
     if ((${#links[@]})); then
       kiln --store "$work/runner$shard" cache push --to "$cache" "${links[@]}" --json >"push$shard.json"
       echo "pushed $(json "push$shard.json" "sum(p['transferred'] for p in d['paths'])") paths"

@@ -335,3 +335,37 @@ fn builders_get_a_cleared_environment_and_no_network() {
         }
     }
 }
+
+#[test]
+fn a_result_link_never_replaces_a_file_or_directory() {
+    let fixture = Fixture::new();
+    let occupied = fixture.dir.path().join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    std::fs::write(occupied.join("keep"), "mine\n").unwrap();
+    let output = fixture.kiln(&[
+        "build",
+        "monitoring#overlay",
+        "-o",
+        occupied.to_str().unwrap(),
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("something that is not a symlink is there"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(occupied.join("keep")).unwrap(),
+        "mine\n"
+    );
+    // A link from an earlier build is replaced as before.
+    let link = fixture.dir.path().join("result");
+    fixture.ok(&["build", "monitoring#overlay", "-o", link.to_str().unwrap()]);
+    fixture.ok(&["build", "monitoring#overlay", "-o", link.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

@@ -91,6 +91,7 @@ fn unusable(error: &CacheError) -> bool {
             | CacheError::BucketNotFound { .. }
             | CacheError::Runtime(_)
             | CacheError::Setup { .. }
+            | CacheError::Profile { .. }
     )
 }
 

@@ -43,6 +43,11 @@ const VERSION_FILE: &str = "kiln-store 1\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "cannot make the result link {}: something that is not a symlink is there; move it, or name another link with -o/--out-link",
+        link.display()
+    )]
+    LinkOccupied { link: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -366,6 +371,13 @@ impl Store {
     /// Make `link` a symlink to `path` and a gc root.
     pub fn add_result_link(&self, link: &Path, path: &StorePath) -> Result<(), StoreError> {
         let target = self.real_path(path);
+        // Replace only a symlink (an earlier result): never a file or a
+        // directory someone put there.
+        if fs::symlink_metadata(link).is_ok_and(|m| !m.file_type().is_symlink()) {
+            return Err(StoreError::LinkOccupied {
+                link: link.to_path_buf(),
+            });
+        }
         let temp = link.with_file_name(format!(
             ".{}.tmp",
             link.file_name()
