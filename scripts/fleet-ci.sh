@@ -4,8 +4,9 @@
 # machine, with a directory as the shared binary cache:
 #
 #   1. plan:   kiln check; kiln lock --locked; kiln build --all --dry-run --json
-#   2. build:  two "runners" (two stores) each build their shard,
-#              kiln build --all --shard I/2 --locked, and push what they
+#   2. build:  two "runners" (two stores) each build their shard of every
+#              host and the edge stack's compose bundle,
+#              kiln build --all stack:edge --shard I/2 --locked, and push what they
 #              built to the cache (signed with a key made for this run)
 #   3. share:  a third, empty store builds --all and must substitute every
 #              target and build nothing
@@ -65,7 +66,7 @@ for shard in 1 2; do
   start=$SECONDS
   (
     cd "$work"
-    kiln --repo "$OLDPWD" --store "$work/runner$shard" build --all --shard "$shard/2" \
+    kiln --repo "$OLDPWD" --store "$work/runner$shard" build --all stack:edge --shard "$shard/2" \
       --locked --no-substitute -o "result$shard"
     shopt -s nullglob
     links=("result$shard"*)
@@ -78,7 +79,7 @@ for shard in 1 2; do
 done
 
 say "share: an empty store substitutes every target and builds nothing"
-kiln --store "$work/laptop" build --all --no-link --json \
+kiln --store "$work/laptop" build --all stack:edge --no-link --json \
   --substituter "$cache" --trusted-key "$public_key" >"$work/laptop.json"
 built=$(json "$work/laptop.json" "sum(1 for r in d['results'] if r['status'] != 'valid' and not (isinstance(r['status'], dict) and 'substituted' in r['status']))")
 substituted=$(json "$work/laptop.json" "sum(1 for r in d['results'] if isinstance(r['status'], dict) and 'substituted' in r['status'])")

@@ -369,3 +369,21 @@ fn a_result_link_never_replaces_a_file_or_directory() {
             .is_symlink()
     );
 }
+
+#[test]
+fn check_of_a_target_never_built_says_to_build_it_first() {
+    let fixture = Fixture::new();
+    let output = fixture.kiln(&["build", "--check", "monitoring#overlay"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this target is not in the store")
+            && stderr.contains("monitoring#overlay")
+            && stderr.contains("build it first"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot hash"), "{stderr}");
+    // Once built, --check rebuilds and compares.
+    fixture.ok(&["build", "monitoring#overlay", "--no-link"]);
+    fixture.ok(&["build", "--check", "monitoring#overlay"]);
+}

@@ -546,6 +546,32 @@ pub(super) fn build(
             return Ok(ExitCode::from(1));
         }
     };
+    if args.check {
+        // --check compares a rebuild with what is in the store: a target
+        // that is neither built nor in a cache has nothing to compare with.
+        let unchecked: Vec<String> = plan
+            .roots
+            .iter()
+            .filter(|(_, hash)| {
+                !store.is_valid(plan.output(hash))
+                    && !decision.substitute.iter().any(|(h, _)| h == hash)
+            })
+            .map(|(target, _)| format!("  {target}"))
+            .collect();
+        if !unchecked.is_empty() {
+            printer.fatal(&format!(
+                "--check rebuilds a target and compares it with the one already built, but {} {} not in the store {} and no binary cache has {}:\n{}\nbuild {} first (`kiln build` without --check), or configure the cache that has {}",
+                if unchecked.len() == 1 { "this target" } else { "these targets" },
+                if unchecked.len() == 1 { "is" } else { "are" },
+                store.root().display(),
+                if unchecked.len() == 1 { "it" } else { "them" },
+                unchecked.join("\n"),
+                if unchecked.len() == 1 { "it" } else { "them" },
+                if unchecked.len() == 1 { "it" } else { "them" },
+            ));
+            return Ok(ExitCode::from(1));
+        }
+    }
     let needed = &decision.build;
     if args.offline {
         let mut missing: Vec<String> = needed
