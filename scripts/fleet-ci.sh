@@ -33,6 +33,8 @@ if [ -z "${KILN:-}" ]; then
   cargo build --quiet --bin kiln
   KILN="${CARGO_TARGET_DIR:-target}/debug/kiln"
 fi
+# Absolute: the build steps run from another directory.
+KILN=$(realpath "$KILN")
 kiln() { "$KILN" --color never "$@"; }
 # The JSON field $2 of the file $1, by a Python expression over `d`.
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
