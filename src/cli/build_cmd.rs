@@ -379,10 +379,7 @@ pub(super) fn open_substituters(
     let settings = match settings::load(repo) {
         Ok(settings) => settings,
         Err(error) => {
-            for diagnostic in &error.diagnostics {
-                printer.diagnostic(diagnostic, &error.sources);
-            }
-            printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
+            printer.settings_error(&error);
             return Err(ExitCode::from(1));
         }
     };

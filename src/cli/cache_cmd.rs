@@ -218,10 +218,7 @@ fn pull(
         Some(root) => match settings::load(root) {
             Ok(settings) => settings,
             Err(error) => {
-                for diagnostic in &error.diagnostics {
-                    printer.diagnostic(diagnostic, &error.sources);
-                }
-                printer.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
+                printer.settings_error(&error);
                 return Ok(ExitCode::from(1));
             }
         },

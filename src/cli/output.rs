@@ -164,6 +164,16 @@ impl Printer {
     }
 }
 
+impl Printer {
+    /// Every problem in kiln.toml, then their count.
+    pub(super) fn settings_error(&self, error: &crate::config::settings::SettingsError) {
+        for diagnostic in &error.diagnostics {
+            self.diagnostic(diagnostic, &error.sources);
+        }
+        self.error_count(error.diagnostics.len(), &error.sources, &error.diagnostics);
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
